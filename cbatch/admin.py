@@ -1,0 +1,138 @@
+"""`cbatch`: the admin CLI (check-config, ps, kill, cleanup, health, images, demo).
+
+One funnel turns a CbatchError into one line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from cbatch import config
+from cbatch.errors import CbatchError
+
+
+def _engine():
+    from cbatch.engine import Engine  # docker is imported only by commands that need it
+    return Engine()
+
+
+def check_config(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    print(f"{args.config}: ok ({len(cfg.images)} images, default {cfg.default_image or '-'}, "
+          f"{len(cfg.mounts)} site mounts, network {cfg.network})")
+    return 0
+
+
+def ps(args: argparse.Namespace) -> int:
+    engine = _engine()
+    rows = [("JOB", "TASK", "USER", "IMAGE", "STATE", "CONTAINER", "STARTER")]
+    for c in engine.containers():
+        labels = c.get("Labels") or {}
+        rows.append((labels.get("cbatch.job_id", "?"), labels.get("cbatch.task", "?"),
+                     labels.get("cbatch.user", "?"), labels.get("cbatch.image", "?"),
+                     c.get("State", "?"), c["Id"][:12], labels.get("cbatch.starter_pid", "?")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def kill(args: argparse.Namespace) -> int:
+    engine = _engine()
+    found = engine.containers(job_id=args.job_id)
+    if not found:
+        print(f"cbatch: no container for job {args.job_id} on this node", file=sys.stderr)
+        return 1
+    for c in found:
+        engine.kill(c["Id"], args.signal)
+        print(f"signalled {c['Id'][:12]} ({args.job_id}) with {args.signal}")
+    return 0
+
+
+def cleanup(args: argparse.Namespace) -> int:
+    from cbatch import reconcile
+    removed, failed = reconcile.sweep(_engine())
+    for item in removed:
+        print(f"removed {item.container_id[:12]} {item.name} job {item.job_id} "
+              f"user {item.user}: {item.reason}")
+    for container_id in failed:
+        print(f"cbatch: could not remove {container_id[:12]}", file=sys.stderr)
+    if not removed and not failed:
+        print("nothing to clean up")
+    return 1 if failed else 0
+
+
+def health(args: argparse.Namespace) -> int:
+    """For pbs_mom's $node_check_script: silent when healthy, one ERROR line when not."""
+    problem = _health_problem(args)
+    if problem:
+        print(f"ERROR cbatch: {problem}")
+    return 0  # pbs_mom ignores the exit code; the ERROR line is what marks the node down
+
+
+def _health_problem(args: argparse.Namespace) -> str | None:
+    try:
+        cfg = config.load(args.config)
+    except CbatchError as exc:
+        return str(exc)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect(str(cfg.socket_path))
+        except OSError as exc:
+            return f"cbatchd is not running ({cfg.socket_path}: {exc.strerror})"
+    try:
+        from cbatch.engine import image_id
+        engine = _engine()
+        engine.ping()
+        default = cfg.image(cfg.default_image)
+        if default and cfg.pull == "never" and image_id(engine, default.ref) is None:
+            return f"default image {default.alias} ({default.ref}) is missing on this node"
+    except CbatchError as exc:
+        return f"docker: {exc}"
+    usage = shutil.disk_usage(args.docker_root if os.path.isdir(args.docker_root) else "/")
+    if usage.free < args.min_free_gb * 2**30:
+        return f"only {usage.free / 2**30:.1f} GiB free for images in {args.docker_root}"
+    return None
+
+
+def demo(args: argparse.Namespace) -> int:
+    from cbatch import demo as demo_
+    return demo_.run(user=args.user, keep=args.keep)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cbatch", description="cbatch admin tool")
+    parser.add_argument("--config", type=Path,
+                        default=Path(os.environ.get("CBATCH_CONFIG", config.DEFAULT_PATH)))
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check-config", help="validate the configuration").set_defaults(func=check_config)
+    sub.add_parser("ps", help="list job containers on this node").set_defaults(func=ps)
+    p = sub.add_parser("kill", help="signal a job's container")
+    p.add_argument("job_id")
+    p.add_argument("--signal", default="SIGKILL")
+    p.set_defaults(func=kill)
+    sub.add_parser("cleanup", help="remove containers whose job is gone").set_defaults(func=cleanup)
+    p = sub.add_parser("health", help="node health check for $node_check_script")
+    p.add_argument("--docker-root", default="/var/lib/docker")
+    p.add_argument("--min-free-gb", type=float, default=5.0)
+    p.set_defaults(func=health)
+    p = sub.add_parser("demo", help="run a sample job through starter, daemon and Docker")
+    p.add_argument("--user", default="cbatch-demo")
+    p.add_argument("--keep", action="store_true", help="keep the demo's temporary files")
+    p.set_defaults(func=demo)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CbatchError as exc:
+        print(f"cbatch: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Load /etc/cbatch.yaml strictly into frozen dataclasses. Only this module imports yaml.
+
+Unknown keys, wrong types and dangling references are errors that name the key path and
+the line, so `cbatch check-config` can point the admin at the exact spot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cbatch.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/cbatch.yaml")
+NETWORK_MODES = ("host", "bridge", "none")
+PULL_POLICIES = ("never", "missing")
+LOG_FORMATS = ("json", "console")
+_PINNED = re.compile(r"^(sha256:[0-9a-f]{64}|[^\s@]+@sha256:[0-9a-f]{64})$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Audience:
+    """Who may use an image or mount; all empty means everyone."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+
+    @property
+    def is_everyone(self) -> bool:
+        return not (self.users or self.groups or self.queues)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Image:
+    alias: str
+    ref: str  # repo@sha256:... or a local image id sha256:...
+    audience: Audience
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SiteMount:
+    path: Path
+    target: Path
+    read_only: bool
+    optional: bool
+    audience: Audience
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    socket_path: Path = Path("/run/cbatch/cbatchd.sock")
+    socket_mode: int = 0o666
+    socket_group: str | None = None
+    admin_group: str | None = None
+    torque_home: Path = Path("/var/spool/torque")
+    require_pbs_mom_parent: bool = True
+    allow_root: bool = False
+    min_uid: int = 1000
+    drop_env: tuple[str, ...] = ()
+    default_image: str = ""
+    pull: str = "never"
+    images: tuple[Image, ...] = ()
+    mounts: tuple[SiteMount, ...] = ()
+    network: str = "host"
+    pids_limit: int = 4096
+    memory_from_rlimit: bool = True
+    log_format: str = "json"
+    log_level: str = "info"
+    source: Path | None = None
+
+    def image(self, alias: str) -> Image | None:
+        return next((i for i in self.images if i.alias == alias), None)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping key."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
+    mapping = _Mapping()
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            raise ConfigError(str(key), "duplicate key", key_node.start_mark.line + 1)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.lines[key] = key_node.start_mark.line + 1
+    return mapping
+
+
+class _Mapping(dict):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[Any, int] = {}
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _Section:
+    """A mapping being read: hands out typed values and rejects what is left over."""
+
+    def __init__(self, data: Any, path: str, line: int | None) -> None:
+        if data is None:
+            data = _Mapping()
+        if not isinstance(data, dict):
+            raise ConfigError(path or "(top level)", "must be a mapping", line)
+        self.data, self.path, self.line = data, path, line
+        self.lines = getattr(data, "lines", {})
+        self.used: set[str] = set()
+
+    def _where(self, key: str) -> tuple[str, int | None]:
+        return (f"{self.path}.{key}" if self.path else key), self.lines.get(key, self.line)
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and kind is int or not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise ConfigError(*self._at(key, f"must be {names}, not {value!r}"))
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            raise ConfigError(*self._at(key, f"must be one of {', '.join(choices)}, not {value!r}"))
+        return value
+
+    def names(self, key: str) -> tuple[str, ...]:
+        value = self.get(key, list, [])
+        if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(*self._at(key, "must be a list of names"))
+        return tuple(str(v) for v in value)
+
+    def section(self, key: str) -> _Section:
+        self.used.add(key)
+        path, line = self._where(key)
+        return _Section(self.data.get(key), path, line)
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(*self._at(key, problem))
+
+    def _at(self, key: str, problem: str) -> tuple[str, str, int | None]:
+        path, line = self._where(key)
+        return path, problem, line
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                raise ConfigError(*self._at(key, "unknown key"))
+
+
+def _audience(sec: _Section) -> Audience:
+    return Audience(sec.names("users"), sec.names("groups"), sec.names("queues"))
+
+
+def _absolute(sec: _Section, key: str, default: str | None) -> Path | None:
+    value = sec.get(key, str, default)
+    if value is None:
+        return None
+    if not value.startswith("/"):
+        raise sec.fail(key, f"must be an absolute path, not {value!r}")
+    return Path(value)
+
+
+def _mode(sec: _Section, key: str, default: int) -> int:
+    value = sec.get(key, (int, str), default)
+    try:
+        mode = int(value, 8) if isinstance(value, str) else value
+    except ValueError:
+        raise sec.fail(key, f"must be an octal mode like \"0666\", not {value!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise sec.fail(key, "must be a permission mode between 0000 and 0777")
+    return mode
+
+
+def parse(data: Any, source: Path | None = None) -> Config:
+    """Validate a loaded YAML document into a Config."""
+    top = _Section(data, "", None)
+
+    sock = top.section("socket")
+    torque = top.section("torque")
+    jobs = top.section("jobs")
+    images = top.section("images")
+    container = top.section("container")
+    logging_ = top.section("logging")
+    d = Config()
+    fields: dict[str, Any] = dict(
+        socket_path=_absolute(sock, "path", str(d.socket_path)),
+        socket_mode=_mode(sock, "mode", d.socket_mode),
+        socket_group=sock.get("group", str, None),
+        admin_group=sock.get("admin_group", str, None),
+        torque_home=_absolute(torque, "home", str(d.torque_home)),
+        require_pbs_mom_parent=torque.get("require_pbs_mom_parent", bool, True),
+        allow_root=jobs.get("allow_root", bool, False),
+        min_uid=jobs.get("min_uid", int, d.min_uid),
+        drop_env=jobs.names("drop_env"),
+        pull=images.choice("pull", PULL_POLICIES, d.pull),
+        network=container.choice("network", NETWORK_MODES, d.network),
+        pids_limit=container.get("pids_limit", int, d.pids_limit),
+        memory_from_rlimit=container.get("memory_from_rlimit", bool, True),
+        log_format=logging_.choice("format", LOG_FORMATS, d.log_format),
+        log_level=logging_.choice("level", ("debug", "info", "warning", "error"), d.log_level),
+        source=source,
+    )
+    if fields["pids_limit"] < 16:
+        raise container.fail("pids_limit", "must be at least 16")
+
+    aliases = images.section("aliases")
+    parsed_images = []
+    for alias in aliases.data:
+        entry = aliases.section(alias)
+        if not isinstance(alias, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", alias):
+            raise aliases.fail(alias, "image aliases are letters, digits, '.', '_' and '-'")
+        ref = entry.get("ref", str, None)
+        if ref is None:
+            raise entry.fail("ref", "is required (a pinned name@sha256:... or image id)")
+        if not _PINNED.match(ref):
+            raise entry.fail("ref", f"must be pinned by digest (name@sha256:<64 hex>) or be "
+                                    f"an image id (sha256:<64 hex>), not {ref!r}")
+        parsed_images.append(Image(alias, ref, _audience(entry)))
+        entry.finish()
+    aliases.finish()
+    fields["images"] = tuple(parsed_images)
+    default = images.get("default", str, None)
+    if parsed_images and default is None:
+        raise images.fail("default", "is required when images are defined")
+    if default is not None and default not in {i.alias for i in parsed_images}:
+        raise images.fail("default", f"names no alias under images.aliases: {default!r}")
+    fields["default_image"] = default or ""
+
+    mounts = top.get("mounts", list, [])
+    parsed_mounts = []
+    for index, raw in enumerate(mounts):
+        entry = _Section(raw, f"mounts[{index}]", top.lines.get("mounts"))
+        path = _absolute(entry, "path", None)
+        if path is None:
+            raise entry.fail("path", "is required")
+        target = _absolute(entry, "target", str(path))
+        if str(target) == "/" or target.parts[1:2] in (("proc",), ("sys",), ("dev",)):
+            raise entry.fail("target", f"may not be {target}")
+        parsed_mounts.append(SiteMount(path, target, entry.get("read_only", bool, True),
+                                       entry.get("optional", bool, False), _audience(entry)))
+        entry.finish()
+    fields["mounts"] = tuple(parsed_mounts)
+
+    for sec in (sock, torque, jobs, images, container, logging_, top):
+        sec.finish()
+    return Config(**fields)
+
+
+def load(path: Path = DEFAULT_PATH) -> Config:
+    """Read and validate the config file.
+
+    Raises:
+        ConfigError: unreadable file, YAML syntax error or invalid content.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from exc
+    try:
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise ConfigError(str(path), f"YAML syntax error: {exc.problem}", line) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"YAML error: {exc}") from exc
+    return parse(data, source=Path(path))

@@ -1,0 +1,145 @@
+"""cbatchd: the per-node root daemon. Loads policy, reconciles, serves, stops in order.
+
+Signal handlers only wake the main loop (set_wakeup_fd); the loop does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import structlog
+
+from cbatch import config, logs, outputs, reconcile, server, systemd
+from cbatch.engine import Engine
+from cbatch.errors import CbatchError, ConfigError
+from cbatch.session import Session
+
+SWEEP_INTERVAL_S = 60.0
+
+
+class Daemon:
+    def __init__(self, cfg: config.Config, config_path: Path) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.log = structlog.get_logger("cbatchd")
+        self.sessions: set[Session] = set()
+        self.lock = threading.Lock()
+
+    def serve(self) -> int:
+        removed = outputs.clean()
+        if removed:
+            self.log.info("placeholders_cleaned", count=removed)
+        self.sweep()
+        listener = server.bind(self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group)
+        srv = server.Server(listener, self._handle)
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: None)
+        selector = selectors.DefaultSelector()
+        selector.register(listener, selectors.EVENT_READ, "accept")
+        selector.register(wake_r, selectors.EVENT_READ, "signal")
+        self.log.info("daemon_started", socket=str(self.cfg.socket_path), pid=os.getpid(),
+                      images=[i.alias for i in self.cfg.images], default=self.cfg.default_image)
+        systemd.notify("READY=1")
+        try:
+            while True:
+                events = selector.select(timeout=SWEEP_INTERVAL_S)
+                if not events:
+                    self.sweep()
+                for key, _ in events:
+                    if key.data == "accept":
+                        srv.accept_one()
+                        continue
+                    for signum in wake_r.recv(64):
+                        if signum == signal.SIGHUP:
+                            self.reload()
+                        elif signum in (signal.SIGTERM, signal.SIGINT):
+                            return self.stop(listener)
+        finally:
+            signal.set_wakeup_fd(-1)
+
+    def _handle(self, conn: socket.socket) -> None:
+        session = Session(conn, self.cfg)
+        with self.lock:
+            self.sessions.add(session)
+        try:
+            session.run()
+        finally:
+            with self.lock:
+                self.sessions.discard(session)
+
+    def sweep(self) -> None:
+        with self.lock:
+            busy = {s.container_id for s in self.sessions if s.container_id}
+        engine = None
+        try:
+            engine = Engine()
+            removed, failed = reconcile.sweep(engine, busy)
+        except CbatchError as exc:
+            self.log.error("sweep_failed", **exc.log_fields())
+            return
+        finally:
+            if engine is not None:
+                engine.close()
+        for item in removed:
+            self.log.info("orphan_removed", container_id=item.container_id[:12],
+                          job_id=item.job_id, user=item.user, reason=item.reason)
+        for container_id in failed:
+            self.log.error("orphan_not_removed", container_id=container_id[:12])
+
+    def reload(self) -> None:
+        try:
+            new = config.load(self.config_path)
+        except ConfigError as exc:
+            self.log.error("reload_failed", kept="previous configuration", **exc.log_fields())
+            return
+        if (new.socket_path, new.socket_mode, new.socket_group) != (
+                self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group):
+            self.log.warning("reload_socket_unchanged",
+                             reason="socket settings take effect at the next restart")
+        self.cfg = new
+        self.log.info("config_reloaded", images=[i.alias for i in new.images],
+                      default=new.default_image)
+
+    def stop(self, listener: socket.socket) -> int:
+        systemd.notify("STOPPING=1")
+        listener.close()
+        try:
+            os.unlink(self.cfg.socket_path)
+        except FileNotFoundError:
+            pass
+        self.log.info("daemon_stopped", running_jobs=len(self.sessions))
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cbatchd", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path,
+                        default=Path(os.environ.get("CBATCH_CONFIG", config.DEFAULT_PATH)))
+    args = parser.parse_args(argv)
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as exc:
+        print(f"cbatchd: {exc}", file=sys.stderr)
+        return 1
+    logs.configure(cfg.log_format, cfg.log_level)
+    try:
+        return Daemon(cfg, args.config).serve()
+    except OSError as exc:
+        structlog.get_logger("cbatchd").error("daemon_failed", error=str(exc))
+        print(f"cbatchd: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

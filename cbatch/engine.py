@@ -1,0 +1,178 @@
+"""The only module that talks to Docker (docker SDK, low-level API client).
+
+Every docker/requests exception is translated here, once, into an EngineError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from typing import Iterator
+
+import docker
+import docker.errors
+import docker.types
+import requests.exceptions
+
+from cbatch.errors import ContainerFailed, EngineError, EngineUnavailable, ImageUnavailable
+from cbatch.spec import LABEL, ContainerSpec
+
+API_VERSION = "1.41"  # Docker 20.10 and later; fixed, so no version round trip per job
+_pull_locks: dict[str, threading.Lock] = {}
+_pull_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _translate(action: str, **fields: object) -> Iterator[None]:
+    """Map docker/requests failures to EngineError subclasses (most specific first)."""
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise ImageUnavailable(f"the job's image is not available on this node ({action}); "
+                               "the job can be requeued elsewhere",
+                               docker_error=str(exc), **fields) from exc
+    except docker.errors.APIError as exc:
+        why = exc.explanation or str(exc)
+        if isinstance(why, bytes):
+            why = why.decode("utf-8", "replace")
+        raise ContainerFailed(f"the job's container could not {action}: {_short(why)}",
+                              docker_error=str(exc), status_code=exc.status_code,
+                              **fields) from exc
+    except (requests.exceptions.ConnectionError, FileNotFoundError,
+            ConnectionRefusedError) as exc:
+        raise EngineUnavailable("the container engine on this node is not reachable; the "
+                                "job can be requeued elsewhere", docker_error=str(exc),
+                                **fields) from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise EngineError(f"the container engine failed to {action}",
+                          docker_error=str(exc), **fields) from exc
+
+
+def _short(text: str) -> str:
+    """Docker's explanation without the runtime's boilerplate prefix."""
+    text = " ".join(str(text).split())
+    for marker in ("error during container init: ", "exec: ", "OCI runtime create failed: "):
+        if marker in text:
+            text = text[text.rindex(marker) + len(marker):]
+    return text[:300]
+
+
+class Engine:
+    """A connection to dockerd; one per job session (requests sessions are not shared)."""
+
+    def __init__(self, base_url: str | None = None, timeout: float = 60) -> None:
+        with _translate("connect"):
+            self.api = docker.APIClient(base_url=base_url or docker.utils.utils.DEFAULT_UNIX_SOCKET,
+                                        version=API_VERSION, timeout=timeout, max_pool_size=4)
+
+    def close(self) -> None:
+        self.api.close()
+
+    def ping(self) -> None:
+        with _translate("answer"):
+            self.api.ping()
+
+    def ensure_image(self, ref: str, pull: str) -> None:
+        """Make sure the pinned image is present, pulling it once per node if allowed."""
+        with _translate("find its image", image=ref):
+            try:
+                self.api.inspect_image(ref)
+                return
+            except docker.errors.ImageNotFound:
+                if pull != "missing" or "@" not in ref:
+                    raise
+            with _pull_locks_guard:
+                lock = _pull_locks.setdefault(ref, threading.Lock())
+            with lock:  # jobs waiting on the same digest share one pull
+                try:
+                    self.api.inspect_image(ref)
+                except docker.errors.ImageNotFound:
+                    repo, _, digest = ref.partition("@")
+                    self.api.pull(repo, tag=digest)
+
+    def create(self, spec: ContainerSpec) -> str:
+        with _translate("be created", container=spec.name):
+            host_config = dict(spec.host_config)
+            host_config["mounts"] = [_mount(m) for m in host_config.get("mounts", [])]
+            host_config["ulimits"] = [docker.types.Ulimit(name=u["Name"], soft=u["Soft"],
+                                                          hard=u["Hard"])
+                                      for u in host_config.get("ulimits", [])]
+            created = self.api.create_container(
+                host_config=self.api.create_host_config(**host_config), **spec.create)
+            return created["Id"]
+
+    def attach(self, container_id: str, stdout: bool, stderr: bool) -> socket.socket:
+        """Attach stdin (and the output streams asked for) before start; never logs=True."""
+        with _translate("be attached", container_id=container_id):
+            params = {"stdin": 1, "stream": 1, "stdout": int(stdout), "stderr": int(stderr)}
+            raw = self.api.attach_socket(container_id, params=params)
+            sock = getattr(raw, "_sock", raw)
+            sock.settimeout(None)  # a job may be silent for hours
+            return sock
+
+    def start(self, container_id: str) -> None:
+        with _translate("start", container_id=container_id):
+            self.api.start(container_id)
+
+    def wait(self, container_id: str) -> int:
+        """Block until the container exits; its status (128+N for a signal death)."""
+        with _translate("be waited for", container_id=container_id):
+            return int(self.api.wait(container_id, timeout=None)["StatusCode"])
+
+    def inspect(self, container_id: str) -> dict:
+        with _translate("be inspected", container_id=container_id):
+            return self.api.inspect_container(container_id)
+
+    def kill(self, container_id: str, signal: int) -> None:
+        with _translate("be signalled", container_id=container_id):
+            try:
+                self.api.kill(container_id, signal=signal)
+            except docker.errors.APIError as exc:
+                if exc.status_code not in (404, 409):  # already gone or not running
+                    raise
+
+    def remove(self, container_id: str) -> None:
+        with _translate("be removed", container_id=container_id):
+            try:
+                self.api.remove_container(container_id, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409 or "already in progress" not in str(exc):
+                    raise
+
+    def containers(self, **labels: str) -> list[dict]:
+        """All cbatch containers (running or not), optionally narrowed by cbatch.* labels."""
+        filters = [LABEL] + [f"{LABEL}.{k}={v}" for k, v in labels.items()]
+        with _translate("be listed"):
+            return self.api.containers(all=True, filters={"label": filters})
+
+    def find(self, name: str) -> dict | None:
+        """The container with exactly this name, if any."""
+        with _translate("be found"):
+            for c in self.api.containers(all=True, filters={"name": f"^/{name}$"}):
+                return c
+            return None
+
+
+def _mount(m: dict) -> docker.types.Mount:
+    return docker.types.Mount(target=m["Target"], source=m["Source"], type=m["Type"],
+                              read_only=m["ReadOnly"],
+                              propagation=m.get("BindOptions", {}).get("Propagation"))
+
+
+def import_rootfs(engine: Engine, tar: bytes, repository: str, tag: str) -> str:
+    """`docker import` a rootfs tarball; the new image's id (sha256:...)."""
+    with _translate("import an image"):
+        engine.api.import_image_from_data(tar, repository=repository, tag=tag)
+        return engine.api.inspect_image(f"{repository}:{tag}")["Id"]
+
+
+def image_id(engine: Engine, name: str) -> str | None:
+    """The id of a local image, or None when it is absent."""
+    with _translate("inspect an image"):
+        try:
+            return engine.api.inspect_image(name)["Id"]
+        except docker.errors.ImageNotFound:
+            return None

@@ -1,0 +1,339 @@
+"""Launch cbatch-starter exactly as Torque's pbs_mom does, without Torque.
+
+For `cbatch demo`, the tests and the benchmarks. Each step follows torque-contract.md:
+the .SC file (root 0700, then chowned to the user) in mom_priv/jobs (0751), the node file
+in aux/, the spool .OU/.ER opened as the user with O_EXCL|O_APPEND (mode 0666 & ~umask),
+then in the job's process: setsid, initgroups/setgid/setuid, chdir to PBS_O_INITDIR or
+home, umask 077, SIGPIPE ignored, stdin a pipe holding "[exec ]<path>.SC[ -F args]\\n"
+(plus the stray fd 9 copy and fd 14 pipe), and execve(starter, [starter, shell], env).
+The parent process calls itself pbs_mom, as the daemon checks. Killing follows
+kill_task(): signals go to every process whose session is the starter's; qdel is
+SIGTERM then SIGKILL after kill_delay; other signals arrive about four times; when the
+starter exits, the rest of its session gets TERM and KILL at once.
+
+Run as ``python -m cbatch.momsim '<json JobSpec>'``; it prints JSON lines on stdout
+({"starter_pid": N}, then {"exit_status": N}) and takes commands on stdin
+("qdel <kill_delay_s>", "signal <N>", "suspend", "resume", "walltime <limit_s>").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import pwd
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+PBS_ENVIRONMENT = {"PATH": "/bin:/usr/bin", "LANG": "C.UTF-8"}
+_PR_SET_NAME = 15
+
+
+@dataclasses.dataclass
+class JobSpec:
+    user: str
+    job_id: str
+    torque_home: str
+    script: str
+    starter: str
+    shell: str = "/bin/bash"
+    job_name: str = "STDIN"
+    queue: str = "batch"
+    submit_args: str = ""  # qsub -F '...'
+    join: bool = False  # qsub -j oe
+    keep: bool = False  # qsub -k oe: output written straight into the home directory
+    initdir: str | None = None  # qsub -d
+    exec_with_exec: bool = False  # mom_priv/config $exec_with_exec true
+    ppn: int = 1
+    tmpdir: bool = False  # mom_priv/config $tmpdir <torque_home>/tmp
+    job_env: dict = dataclasses.field(default_factory=dict)  # qsub -v
+    mom_env: dict = dataclasses.field(default_factory=dict)  # extra pbs_environment lines
+    rlimits: dict = dataclasses.field(default_factory=dict)  # name -> (soft, hard)
+
+    @property
+    def prefix(self) -> str:
+        return self.job_id.replace("[", "-").replace("]", "")
+
+
+STARTER_MODULES = ("__init__.py", "protocol.py", "starter.py")
+
+
+def install_starter(folder: Path) -> Path:
+    """A world-readable copy of cbatch-starter and the only modules it may import.
+
+    Job users cannot read a Python installed under /root (pyenv, venvs); a node install
+    puts the starter in a system path. The copy runs with the system python3 in isolated
+    mode, as bin/cbatch-starter does, and proves the starter needs nothing else.
+    """
+    package = folder / "cbatch"
+    package.mkdir(parents=True, exist_ok=True)
+    source = Path(__file__).parent
+    for name in STARTER_MODULES:
+        shutil.copy(source / name, package / name)
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    starter = folder / "cbatch-starter"
+    starter.write_text(f"#!{python} -I\nimport sys\nsys.path.insert(0, {str(folder)!r})\n"
+                       "from cbatch.starter import main\nmain()\n")
+    for path in (folder, package, *package.iterdir(), starter):
+        os.chmod(path, 0o755 if path.is_dir() or path == starter else 0o644)
+    return starter
+
+
+def paths(spec: JobSpec) -> dict[str, Path]:
+    home = Path(spec.torque_home)
+    user_home = Path(pwd.getpwnam(spec.user).pw_dir)
+    seq = spec.job_id.split(".")[0]
+    out_dir = user_home if spec.keep else home / "spool"
+    out = out_dir / (f"{spec.job_name}.o{seq}" if spec.keep else f"{spec.prefix}.OU")
+    err = out_dir / (f"{spec.job_name}.e{seq}" if spec.keep else f"{spec.prefix}.ER")
+    return {"script": home / "mom_priv" / "jobs" / f"{spec.prefix}.SC",
+            "nodefile": home / "aux" / spec.job_id, "out": out, "err": err if not spec.join else out,
+            "tmpdir": home / "tmp" / spec.job_id}
+
+
+def stage(spec: JobSpec) -> dict[str, Path]:
+    """Create Torque's directories and the job's files as pbs_mom would (run as root)."""
+    entry = pwd.getpwnam(spec.user)
+    home = Path(spec.torque_home)
+    for folder, mode in (("mom_priv", 0o751), ("mom_priv/jobs", 0o751), ("spool", 0o1777),
+                         ("aux", 0o755), ("tmp", 0o1777)):
+        (home / folder).mkdir(parents=True, exist_ok=True)
+        os.chmod(home / folder, mode)
+    p = paths(spec)
+    p["script"].write_text(spec.script)
+    os.chmod(p["script"], 0o700)
+    os.chown(p["script"], entry.pw_uid, entry.pw_gid)
+    p["nodefile"].write_text("".join(f"{os.uname().nodename}\n" for _ in range(spec.ppn)))
+    if spec.tmpdir:
+        p["tmpdir"].mkdir(mode=0o755, exist_ok=True)
+        os.chown(p["tmpdir"], entry.pw_uid, entry.pw_gid)
+    return p
+
+
+def environment(spec: JobSpec) -> dict[str, str]:
+    """The job's environment in pbs_mom's order (contract §3): later entries win."""
+    entry = pwd.getpwnam(spec.user)
+    home = Path(spec.torque_home)
+    workdir = spec.initdir or entry.pw_dir
+    env = dict(PBS_ENVIRONMENT)
+    env.update(spec.mom_env)
+    env.update(spec.job_env)
+    env.update({
+        "PBS_O_HOME": entry.pw_dir, "PBS_O_WORKDIR": workdir, "PBS_O_HOST": os.uname().nodename,
+        "PBS_O_SERVER": os.uname().nodename, "PBS_O_QUEUE": spec.queue,
+        "PBS_O_LOGNAME": spec.user, "PBS_O_PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PBS_O_SHELL": entry.pw_shell, "PBS_O_LANG": "C.UTF-8",
+    })
+    if spec.initdir:
+        env["PBS_O_INITDIR"] = spec.initdir
+    if "[" in spec.job_id:
+        env["PBS_ARRAYID"] = spec.job_id[spec.job_id.index("[") + 1: spec.job_id.index("]")]
+    env.update({
+        "HOME": entry.pw_dir, "LOGNAME": spec.user, "USER": spec.user, "SHELL": spec.shell,
+        "PBS_JOBNAME": spec.job_name, "PBS_JOBID": spec.job_id, "PBS_QUEUE": spec.queue,
+        "PBS_JOBCOOKIE": secrets.token_hex(16).upper(), "PBS_NODENUM": "0",
+        "PBS_MOMPORT": "15003", "PBS_VERSION": "TORQUE-6.1-dev", "PBS_TASKNUM": "1",
+        "PBS_VNODENUM": "0", "PBS_NP": str(spec.ppn), "PBS_NUM_NODES": "1",
+        "PBS_NUM_PPN": str(spec.ppn), "HOSTNAME": os.uname().nodename,
+        "PBS_NODEFILE": f"{home}/aux//{spec.job_id}",
+        "PBS_GPUFILE": f"{home}/aux//{spec.job_id}gpu",
+        "PBS_MICFILE": f"{home}/aux//{spec.job_id}mic",
+        "PBS_WALLTIME": "3600", "PBS_ENVIRONMENT": "PBS_BATCH", "ENVIRONMENT": "BATCH",
+    })
+    if spec.tmpdir and "TMPDIR" not in spec.job_env:
+        env["TMPDIR"] = str(paths(spec)["tmpdir"])
+    return env
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(name))
+    return pids
+
+
+def kill_session(sid: int, signum: int, passes: int = 4) -> None:
+    """kill_task(): every process of the session; signals other than TERM/KILL ~4 times."""
+    if signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _session_pids(sid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+                if signum == signal.SIGKILL:
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return
+    for _ in range(passes):
+        for pid in _session_pids(sid):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
+           extra_r: int) -> None:
+    """In the forked child: become the job's process and exec the starter."""
+    try:
+        entry = pwd.getpwnam(spec.user)
+        os.setsid()
+        for name, (soft, hard) in spec.rlimits.items():  # mom_set_limits()
+            resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (soft, hard))
+        os.initgroups(spec.user, entry.pw_gid)
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+        os.umask(0o077)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+        out = os.open(p["out"], flags, 0o666)
+        err = out if spec.join else os.open(p["err"], flags, 0o666)
+        os.chdir(spec.initdir or entry.pw_dir)
+        os.dup2(stdin_r, 0)
+        os.dup2(stdin_r, 9)  # the stray copy pbs_mom leaves open (contract §1a)
+        os.dup2(extra_r, 14)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        for fd in (stdin_r, extra_r, out, err):
+            if fd > 2 and fd not in (9, 14):
+                os.close(fd)
+        for fd in (0, 1, 2, 9, 14):
+            os.set_inheritable(fd, True)
+        for signum in range(1, signal.NSIG):
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # inherited from pbs_mom
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.execve(spec.starter, [spec.starter, spec.shell], env)
+    except BaseException as exc:  # noqa: BLE001 - report and never return into the parent
+        os.write(2, f"momsim: cannot start the job: {exc}\n".encode())
+        os._exit(127)
+
+
+def run(spec: JobSpec) -> int:
+    """The pbs_mom side of one job: start it, obey commands, return Torque's exit_status."""
+    ctypes.CDLL(None).prctl(_PR_SET_NAME, b"pbs_mom", 0, 0, 0)
+    p = paths(spec)
+    env = environment(spec)
+    stdin_r, stdin_w = os.pipe()
+    extra_r, extra_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _child(spec, p, env, stdin_r, extra_r)
+    os.close(stdin_r)
+    line = ("exec " if spec.exec_with_exec else "") + str(p["script"])
+    line += (" " + spec.submit_args if spec.submit_args else "") + "\n"
+    os.write(stdin_w, line.encode())
+    os.close(stdin_w)
+    print(json.dumps({"starter_pid": pid}), flush=True)
+    overlimit = threading.Event()
+    threading.Thread(target=_commands, args=(pid, p, overlimit), daemon=True).start()
+    _, status = os.waitpid(pid, 0)
+    kill_session(pid, signal.SIGKILL)  # scan_for_terminated(): the rest of the session
+    os.close(extra_w)
+    if overlimit.is_set():
+        return -11  # JOB_EXEC_OVERLIMIT_WT: pbs_mom's code wins over the starter's
+    if os.WIFSIGNALED(status):
+        return 0x100 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _commands(pid: int, p: dict[str, Path], overlimit: threading.Event) -> None:
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "qdel":
+            kill_session(pid, signal.SIGTERM)
+            time.sleep(float(words[1]) if len(words) > 1 else 2.0)
+            kill_session(pid, signal.SIGKILL)
+        elif words[0] == "signal":
+            kill_session(pid, int(words[1]))
+        elif words[0] == "suspend":
+            kill_session(pid, signal.SIGTSTP)
+            time.sleep(5)
+            kill_session(pid, signal.SIGSTOP)
+        elif words[0] == "resume":
+            kill_session(pid, signal.SIGCONT)
+        elif words[0] == "walltime":
+            overlimit.set()
+            with open(p["err"], "a") as err:
+                err.write(f"=>> PBS: job killed: walltime {words[1]} exceeded limit {words[1]}\n")
+            kill_session(pid, signal.SIGTERM)
+
+
+class MomJob:
+    """A job started through `python -m cbatch.momsim`, driven from a test or the demo."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.paths = stage(spec)
+        self.proc = subprocess.Popen([sys.executable, "-m", "cbatch.momsim",
+                                      json.dumps(dataclasses.asdict(spec))],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.starter_pid = json.loads(self.proc.stdout.readline())["starter_pid"]
+
+    def command(self, text: str) -> None:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def qdel(self, kill_delay_s: float = 2.0) -> None:
+        self.command(f"qdel {kill_delay_s}")
+
+    def signal(self, signum: int) -> None:
+        self.command(f"signal {int(signum)}")
+
+    def wait(self, timeout: float = 120) -> int:
+        """Torque's exit_status for the job."""
+        line = self._readline(timeout)
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+        return json.loads(line)["exit_status"]
+
+    def _readline(self, timeout: float) -> str:
+        result: list[str] = []
+        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not result or not result[0]:
+            self.proc.kill()
+            raise TimeoutError(f"job {self.spec.job_id} did not end within {timeout} s")
+        return result[0]
+
+    def output(self) -> tuple[str, str]:
+        """The job's .OU and .ER contents (as Torque would deliver them)."""
+        out = self.paths["out"].read_text(errors="replace")
+        err = "" if self.spec.join else self.paths["err"].read_text(errors="replace")
+        return out, err
+
+    def cleanup(self) -> None:
+        for key in ("script", "nodefile", "out", "err"):
+            self.paths[key].unlink(missing_ok=True)
+
+
+def _main() -> None:
+    spec = JobSpec(**json.loads(sys.argv[1]))
+    status = run(spec)
+    print(json.dumps({"exit_status": status}), flush=True)
+
+
+if __name__ == "__main__":
+    _main()

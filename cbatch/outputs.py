@@ -1,0 +1,123 @@
+"""Hand the job's own output files (the starter's fds 1 and 2) to its container.
+
+When pbs_mom gave the starter a regular file (the spool .OU/.ER, a -k file, a final path),
+the container appends to that very open file: the daemon bind-mounts the descriptor it
+received over SCM_RIGHTS onto a placeholder in its own root-only directory, Docker mounts
+the placeholder at the file's path, and the placeholder is unmounted once the container
+has started. Output then flows at native speed, is never copied by a daemon, and survives
+a daemon restart. /dev/null stays /dev/null; anything else (a pipe, a pty, a socket)
+is streamed through the starter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import fcntl
+import os
+import stat
+from pathlib import Path
+
+from cbatch.binds import Bind
+from cbatch.spec import STREAM, Output
+
+RUN_DIR = Path("/run/cbatch/out")
+_MS_BIND = 4096
+_MNT_DETACH = 2
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_FORBIDDEN = ("/proc", "/sys")
+
+
+@dataclasses.dataclass
+class Plan:
+    stdout: Output
+    stderr: Output
+    binds: tuple[Bind, ...]
+    placeholders: list[Path]
+
+    @property
+    def streams(self) -> bool:
+        return "stream" in (self.stdout.mode, self.stderr.mode)
+
+    def release(self) -> None:
+        """Drop the host-side placeholders (the container keeps its own mounts)."""
+        for path in self.placeholders:
+            _libc.umount2(str(path).encode(), _MNT_DETACH)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        self.placeholders.clear()
+
+
+def plan(fds: list[int], name: str, run_dir: Path = RUN_DIR) -> Plan:
+    """Decide per stream how output reaches the starter's file; mounts placeholders.
+
+    fds are the starter's fds 1 and 2 as received; the caller keeps and closes them.
+    """
+    if len(fds) != 2:
+        return Plan(STREAM, STREAM, (), [])
+    outputs = [_classify(fd) for fd in fds]
+    same = all(o.mode == "file" for o in outputs) and _same_file(*fds)
+    binds, placeholders = [], []
+    for number, (fd, out) in enumerate(zip(fds, outputs), start=1):
+        if out.mode != "file" or (number == 2 and same):
+            continue
+        placeholder = run_dir / f"{name}.{number}"
+        if not _mount_fd(fd, placeholder):
+            outputs[number - 1] = STREAM
+            continue
+        placeholders.append(placeholder)
+        binds.append(Bind(placeholder, out.path, False))
+    if same and outputs[0].mode == "file":
+        outputs[1] = Output("file", outputs[0].path, same_as_stdout=True)
+    elif same:
+        outputs[1] = STREAM
+    return Plan(outputs[0], outputs[1], tuple(binds), placeholders)
+
+
+def clean(run_dir: Path = RUN_DIR) -> int:
+    """Remove placeholders a previous daemon left behind (at start); how many."""
+    count = 0
+    for path in run_dir.glob("*") if run_dir.is_dir() else ():
+        _libc.umount2(str(path).encode(), _MNT_DETACH)
+        path.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+def _classify(fd: int) -> Output:
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.stat("/dev/null").st_rdev:
+            return Output("null")
+        writable = (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+        if not (stat.S_ISREG(st.st_mode) and writable):
+            return STREAM
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return STREAM
+    if (not path.startswith("/") or path.endswith(" (deleted)")
+            or any(path == p or path.startswith(p + "/") for p in _FORBIDDEN)):
+        return STREAM
+    return Output("file", Path(path))
+
+
+def _same_file(fd1: int, fd2: int) -> bool:
+    a, b = os.fstat(fd1), os.fstat(fd2)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _mount_fd(fd: int, placeholder: Path) -> bool:
+    """Bind the open file onto a placeholder, so Docker mounts the file, not a name."""
+    try:
+        placeholder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(placeholder, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+    except OSError:
+        return False
+    if _libc.mount(f"/proc/self/fd/{fd}".encode(), str(placeholder).encode(), None,
+                   _MS_BIND, None) != 0:
+        placeholder.unlink(missing_ok=True)
+        return False
+    return True

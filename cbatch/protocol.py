@@ -1,0 +1,120 @@
+"""Wire format between cbatch-starter, cbatchd and the admin CLI (standard library only).
+
+Every message is one frame::
+
+    +----------------+-----------------+------------------+-------------------+
+    | header_len u32 | payload_len u32 | header (JSON)    | payload (raw)     |
+    | big endian     | big endian      | header_len bytes | payload_len bytes |
+    +----------------+-----------------+------------------+-------------------+
+
+The header is a JSON object whose "t" names the kind (the KIND_* constants). Output and
+stdin bytes travel as the raw payload, never inside JSON. File descriptors (the job's
+stdout/stderr) ride along a REQUEST frame as SCM_RIGHTS ancillary data.
+Both lengths are bounded; a peer that sends more is a protocol error, not a reason to read
+forever.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import signal
+import socket
+import struct
+
+VERSION = 1
+
+KIND_REQUEST = "request"  # starter -> daemon: argv, tty, stdin bytes (payload), fds
+KIND_STDOUT = "stdout"  # daemon -> starter: job output for fd 1 (payload)
+KIND_STDERR = "stderr"  # daemon -> starter: job output for fd 2 (payload)
+KIND_SIGNAL = "signal"  # starter -> daemon: {"signal": N} relayed from pbs_mom
+KIND_EXIT = "exit"  # daemon -> starter: {"status": N, "signal": N|null}
+KIND_ERROR = "error"  # daemon -> starter: {"message": str, "status": N}
+KIND_ADMIN = "admin"  # admin CLI -> daemon: {"op": ...}
+KIND_REPLY = "reply"  # daemon -> admin CLI: {"ok": bool, ...}
+
+# The signals pbs_mom sends a job (qdel, walltime, qsig, suspend/resume) that the starter
+# relays; SIGKILL and SIGSTOP cannot be caught, the daemon notices those by other means.
+RELAYED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                   signal.SIGUSR2, signal.SIGQUIT, signal.SIGTSTP, signal.SIGCONT)
+
+_PREFIX = struct.Struct(">II")
+MAX_HEADER = 256 * 1024
+MAX_PAYLOAD = 1024 * 1024
+MAX_FDS = 2
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame."""
+
+
+class PeerClosed(Exception):
+    """The peer closed the connection cleanly between frames."""
+
+
+def encode(kind: str, payload: bytes = b"", **fields: object) -> bytes:
+    """One frame as bytes."""
+    header = json.dumps({"t": kind, **fields}, separators=(",", ":")).encode()
+    if len(header) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"{kind} frame too large")
+    return _PREFIX.pack(len(header), len(payload)) + header + payload
+
+
+def send(sock: socket.socket, kind: str, payload: bytes = b"", fds: list[int] | None = None,
+         **fields: object) -> None:
+    """Send one frame; fds, if any, go as SCM_RIGHTS with its first byte."""
+    data = encode(kind, payload, **fields)
+    if fds:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        sent = sock.sendmsg([data], ancillary)
+        data = data[sent:]
+    if data:
+        sock.sendall(data)
+
+
+def _recv_exact(sock: socket.socket, size: int, fds: list[int] | None, started: bool) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        if fds is not None:
+            chunk, ancdata, _flags, _addr = sock.recvmsg(
+                size - len(buf), socket.CMSG_SPACE(MAX_FDS * 4))
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    received = array.array("i")
+                    received.frombytes(data[: len(data) - len(data) % 4])
+                    fds.extend(received)
+        else:
+            chunk = sock.recv(size - len(buf))
+        if not chunk:
+            if not buf and not started:
+                raise PeerClosed()
+            raise ProtocolError("connection closed in the middle of a frame")
+        buf += chunk
+    return bytes(buf)
+
+
+def recv(sock: socket.socket, fds: list[int] | None = None) -> tuple[dict, bytes]:
+    """Read one frame: (header, payload).
+
+    Pass a list as ``fds`` to accept SCM_RIGHTS descriptors; they are appended to it and
+    belong to the caller. Raises PeerClosed at a clean end of stream, ProtocolError on
+    anything malformed or oversized.
+    """
+    try:
+        prefix = _recv_exact(sock, _PREFIX.size, fds, started=False)
+        header_len, payload_len = _PREFIX.unpack(prefix)
+        if header_len > MAX_HEADER or payload_len > MAX_PAYLOAD:
+            raise ProtocolError(f"frame too large ({header_len}+{payload_len} bytes)")
+        raw = _recv_exact(sock, header_len, fds, started=True)
+        payload = _recv_exact(sock, payload_len, fds, started=True) if payload_len else b""
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        raise ProtocolError(f"connection lost: {exc.strerror}") from exc
+    if fds is not None and len(fds) > MAX_FDS:
+        raise ProtocolError("too many file descriptors")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("frame header is not JSON") from exc
+    if not isinstance(header, dict) or not isinstance(header.get("t"), str):
+        raise ProtocolError("frame header has no kind")
+    return header, payload

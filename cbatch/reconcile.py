@@ -1,0 +1,56 @@
+"""Find cbatch containers whose job is gone and remove them, verifying by listing again.
+
+Runs when the daemon starts, periodically while it runs, and from `cbatch cleanup`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable
+
+from cbatch import peer
+from cbatch.engine import Engine
+from cbatch.errors import CbatchError
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Leftover:
+    container_id: str
+    name: str
+    job_id: str
+    user: str
+    reason: str
+
+
+def orphans(containers: Iterable[dict], busy: set[str],
+            alive: Callable[[int, int], bool] = peer.is_alive) -> list[Leftover]:
+    """Containers not owned by a live session whose starter process is gone."""
+    found = []
+    for c in containers:
+        if c["Id"] in busy:
+            continue
+        labels = c.get("Labels") or {}
+        try:
+            pid = int(labels.get("cbatch.starter_pid", "0"))
+            ticks = int(labels.get("cbatch.starter_start", "0"))
+        except ValueError:
+            pid = ticks = 0
+        if pid and alive(pid, ticks):
+            continue
+        found.append(Leftover(c["Id"], (c.get("Names") or ["?"])[0].lstrip("/"),
+                              labels.get("cbatch.job_id", "?"), labels.get("cbatch.user", "?"),
+                              "starter gone"))
+    return found
+
+
+def sweep(engine: Engine, busy: set[str] = frozenset()) -> tuple[list[Leftover], list[str]]:
+    """Remove orphaned containers; (removed, still present after removal)."""
+    leftovers = orphans(engine.containers(), set(busy))
+    for item in leftovers:
+        try:
+            engine.remove(item.container_id)
+        except CbatchError:
+            pass  # reported below by listing again
+    remaining_ids = {c["Id"] for c in engine.containers()}
+    failed = [i.container_id for i in leftovers if i.container_id in remaining_ids]
+    return [i for i in leftovers if i.container_id not in remaining_ids], failed

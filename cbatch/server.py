@@ -1,0 +1,68 @@
+"""The daemon's Unix socket: safe bind, accept, one thread per job session."""
+
+from __future__ import annotations
+
+import grp
+import os
+import socket
+import stat
+import threading
+from pathlib import Path
+from typing import Callable
+
+
+def bind(path: Path, mode: int, group: str | None) -> socket.socket:
+    """Listen on path with the given mode and group.
+
+    A stale socket from a previous daemon is replaced; anything else at that path
+    (a file, a symlink, a directory) is refused rather than deleted.
+    """
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(f"{path} exists and is not a socket; refusing to replace it")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)  # never world-accessible before the chmod below
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    gid = grp.getgrnam(group).gr_gid if group else -1
+    os.chown(path, 0 if os.geteuid() == 0 else -1, gid)
+    os.chmod(path, mode)
+    sock.listen(512)
+    return sock
+
+
+class Server:
+    """Accepts connections and runs each in its own thread."""
+
+    def __init__(self, sock: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+        self.sock = sock
+        self.handle = handle
+        self.threads: set[threading.Thread] = set()
+        self.lock = threading.Lock()
+
+    def accept_one(self) -> None:
+        conn, _ = self.sock.accept()
+        thread = threading.Thread(target=self._run, args=(conn,), daemon=True, name="session")
+        with self.lock:
+            self.threads.add(thread)
+        thread.start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.handle(conn)
+        finally:
+            with self.lock:
+                self.threads.discard(threading.current_thread())
+
+    @property
+    def active(self) -> int:
+        with self.lock:
+            return len(self.threads)

@@ -1,0 +1,310 @@
+"""One job connection, end to end: request -> verify -> decide -> spec -> run -> exit.
+
+Owns the container's cleanup (it is removed however the job ends) and the bound log
+context. With the mains, the only place that catches CbatchError.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import secrets
+import signal
+import socket
+import struct
+import threading
+import time
+from typing import Callable
+
+import structlog
+
+from cbatch import binds, directives, outputs, peer, policy, procs, protocol, spec, torque
+from cbatch.config import Config
+from cbatch.engine import Engine
+from cbatch.errors import CbatchError, ContainerFailed, EXIT_NODE_FAILURE, NotATorqueJob
+from cbatch.errors import ProtocolError
+
+REQUEST_TIMEOUT_S = 10.0
+SUSPEND_WATCH_S = 10.0  # pbs_mom sends STOP 5 s after TSTP when suspending (qsig -s suspend)
+RELAYED = frozenset(int(s) for s in protocol.RELAYED_SIGNALS)
+_DOCKER_HEADER = struct.Struct(">BxxxI")
+
+
+class Session:
+    def __init__(self, conn: socket.socket, cfg: Config,
+                 engine_factory: Callable[[], Engine] = Engine) -> None:
+        self.conn = conn
+        self.cfg = cfg
+        self.engine_factory = engine_factory
+        self.log = structlog.get_logger("cbatchd")
+        self.send_lock = threading.Lock()
+        self.engine: Engine | None = None
+        self.container_id: str | None = None
+        self.init_pid: int | None = None
+        self.relayed: set[int] = set()
+        self.starter_gone = threading.Event()
+        self.done = threading.Event()  # set once the job's end is known: EOF is then normal
+        self.job: torque.Job | None = None
+
+    # -- entry point -------------------------------------------------------------------
+    def run(self) -> None:
+        started = time.monotonic()
+        fds: list[int] = []
+        plan: outputs.Plan | None = None
+        try:
+            self.conn.settimeout(REQUEST_TIMEOUT_S)
+            header, payload = self._read_request(fds)
+            job = self._prove(header, payload)
+            plan = self._launch(job, fds)
+            status = self._supervise(plan)
+            self._finish(status, started)
+        except CbatchError as exc:
+            self._refuse(exc)
+        except Exception:  # a bug: log it fully, tell the user an incident id
+            incident = secrets.token_hex(3)
+            self.log.exception("internal_error", incident=incident)
+            self._send(protocol.KIND_ERROR, status=EXIT_NODE_FAILURE,
+                       message=f"internal error in cbatchd on {os.uname().nodename} "
+                               f"(incident {incident}); your job did not complete; "
+                               "please report this id to your admin")
+        finally:
+            for fd in fds:
+                os.close(fd)
+            if plan is not None:
+                plan.release()
+            self._cleanup()
+            self.conn.close()
+
+    # -- steps -------------------------------------------------------------------------
+    def _read_request(self, fds: list[int]) -> tuple[dict, bytes]:
+        try:
+            header, payload = protocol.recv(self.conn, fds)
+        except protocol.PeerClosed:
+            raise ProtocolError("the starter closed the connection before its request") from None
+        except (protocol.ProtocolError, socket.timeout, OSError) as exc:
+            raise ProtocolError(f"bad request from cbatch-starter: {exc}") from exc
+        if header.get("t") != protocol.KIND_REQUEST:
+            raise ProtocolError(f"expected a request, got {str(header.get('t'))[:40]!r}")
+        if header.get("v") != protocol.VERSION:
+            raise ProtocolError(f"cbatch-starter speaks protocol {str(header.get('v'))[:20]}, "
+                                f"cbatchd speaks {protocol.VERSION}; ask your admin to "
+                                "install matching versions")
+        argv = header.get("argv")
+        if (not isinstance(argv, list) or not argv or len(argv) > 256
+                or not all(isinstance(a, str) for a in argv)):
+            raise ProtocolError("the request's argv is not a list of strings")
+        if header.get("tty"):
+            raise NotATorqueJob("interactive jobs (qsub -I) are not run in containers on "
+                                "this node yet; submit a batch job instead")
+        return header, payload
+
+    def _prove(self, header: dict, payload: bytes) -> torque.Job:
+        try:
+            who = peer.credentials(self.conn)
+        except OSError as exc:
+            raise NotATorqueJob("the job's starter ended before cbatch could check it") from exc
+        self.log = self.log.bind(peer_pid=who.pid, uid=who.uid)
+        job = torque.verify(self.cfg, who, header["argv"], payload)
+        self.job = job
+        self.log = self.log.bind(job_id=job.job_id, task=job.task, user=job.user)
+        return job
+
+    def _launch(self, job: torque.Job, fds: list[int]) -> outputs.Plan:
+        found = directives.parse(job.script_text)
+        decision = policy.decide(self.cfg, job.user, _group_names(job.groups), job.queue,
+                                 found)
+        self.log = self.log.bind(image=decision.image.alias, digest=decision.image.ref)
+        mounts = binds.resolve(job, decision, self.cfg.torque_home)
+        plan = outputs.plan(fds, job.container_name)
+        container = spec.build(job, decision, mounts, plan.stdout, plan.stderr, plan.binds)
+        self.engine = self.engine_factory()
+        self.engine.ensure_image(decision.image.ref, self.cfg.pull)
+        self.container_id = self._create(container)
+        self.log = self.log.bind(container_id=self.container_id[:12])
+        attach = self.engine.attach(self.container_id, stdout=plan.stdout.mode == "stream",
+                                    stderr=plan.stderr.mode == "stream")
+        self.conn.settimeout(None)
+        try:
+            self.engine.start(self.container_id)
+        except CbatchError:
+            attach.close()
+            raise
+        plan.release()  # the container holds its own mounts of the output files now
+        self.log.info("container_started", stdout=plan.stdout.mode, stderr=plan.stderr.mode)
+        self._attach = attach
+        self._feed_stdin(attach, job.stdin)
+        return plan
+
+    def _create(self, container: spec.ContainerSpec) -> str:
+        """Create the job's container; a stale one of the same job (requeue) is replaced."""
+        try:
+            return self.engine.create(container)
+        except ContainerFailed as exc:
+            if exc.fields.get("status_code") != 409:
+                raise
+        existing = self.engine.find(container.name) or {}
+        labels = existing.get("Labels") or {}
+        pid = int(labels.get("cbatch.starter_pid", "0") or 0)
+        ticks = int(labels.get("cbatch.starter_start", "0") or 0)
+        if existing and peer.is_alive(pid, ticks):
+            raise NotATorqueJob("this job task already runs in a container on this node",
+                                other_container=existing.get("Id", "")[:12])
+        if existing:
+            self.log.info("stale_container_replaced", stale=existing["Id"][:12])
+            self.engine.remove(existing["Id"])
+        return self.engine.create(container)
+
+    def _feed_stdin(self, attach: socket.socket, data: bytes) -> None:
+        """Give the job's shell what pbs_mom gave the starter on stdin, then EOF."""
+        try:
+            if data:
+                attach.sendall(data)
+            attach.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self.log.warning("stdin_not_delivered", error=str(exc))
+
+    def _supervise(self, plan: outputs.Plan) -> int:
+        """Relay signals and output until the container exits; its wait status."""
+        pump = None
+        if plan.streams:
+            pump = threading.Thread(target=self._pump, args=(self._attach,), daemon=True,
+                                    name="pump")
+            pump.start()
+        else:
+            self._attach.close()
+        control = threading.Thread(target=self._control, daemon=True, name="control")
+        control.start()
+        status = self.engine.wait(self.container_id)
+        if pump is not None:
+            pump.join(timeout=30)
+            self._attach.close()
+        return status
+
+    def _finish(self, status: int, started: float) -> None:
+        state = self.engine.inspect(self.container_id).get("State", {})
+        signum = status - 128 if status > 128 and status - 128 in self.relayed else None
+        message = None
+        if state.get("OOMKilled"):
+            limit = self.job.rlimits.get("rss", (-1, -1))[0]
+            size = f" of {limit / 2**20:.0f} MiB" if limit > 0 else ""
+            message = (f"job killed: it ran out of memory (limit{size}); request more "
+                       "memory (qsub -l mem=...) or use less")
+        self.done.set()
+        self._send(protocol.KIND_EXIT, status=status, signal=signum, message=message)
+        self.log.info("job_finished", exit_status=status, signal=signum,
+                      oom_killed=bool(state.get("OOMKilled")),
+                      starter_gone=self.starter_gone.is_set(),
+                      duration_s=round(time.monotonic() - started, 3))
+
+    def _refuse(self, exc: CbatchError) -> None:
+        fields = exc.log_fields()
+        if isinstance(exc, (NotATorqueJob,)) or exc.exit_status != EXIT_NODE_FAILURE:
+            self.log.warning("job_refused", exit_status=exc.exit_status, **fields)
+        else:
+            self.log.error("job_failed", exit_status=exc.exit_status,
+                           cause=repr(exc.__cause__) if exc.__cause__ else None, **fields)
+        self._send(protocol.KIND_ERROR, status=exc.exit_status, message=str(exc))
+
+    def _cleanup(self) -> None:
+        self.done.set()
+        if self.engine is None:
+            return
+        try:
+            if self.container_id is not None:
+                self.engine.remove(self.container_id)
+                self.log.info("container_removed")
+        except CbatchError as exc:
+            self.log.error("container_not_removed", **exc.log_fields())
+        finally:
+            self.engine.close()
+
+    # -- threads -----------------------------------------------------------------------
+    def _pump(self, attach: socket.socket) -> None:
+        """Copy Docker's multiplexed attach stream to the starter as output frames."""
+        kinds = {1: protocol.KIND_STDOUT, 2: protocol.KIND_STDERR}
+        try:
+            while True:
+                head = _read_exact(attach, _DOCKER_HEADER.size)
+                if not head:
+                    return
+                stream, size = _DOCKER_HEADER.unpack(head)
+                data = _read_exact(attach, size)
+                kind = kinds.get(stream)
+                for i in range(0, len(data), protocol.MAX_PAYLOAD):
+                    if kind and not self._send(kind, data[i:i + protocol.MAX_PAYLOAD]):
+                        return
+        except OSError as exc:
+            self.log.warning("output_stream_broken", error=str(exc))
+
+    def _control(self) -> None:
+        """Read the starter's frames: signals to relay; end of stream means it is gone."""
+        while True:
+            try:
+                header, _ = protocol.recv(self.conn)
+            except (protocol.PeerClosed, protocol.ProtocolError, OSError):
+                break
+            if header.get("t") == protocol.KIND_SIGNAL and header.get("signal") in RELAYED:
+                self._relay(int(header["signal"]))
+        if self.done.is_set():
+            return
+        self.starter_gone.set()
+        self.log.info("starter_gone")
+        try:
+            self.engine.kill(self.container_id, signal.SIGKILL)
+        except CbatchError as exc:
+            self.log.error("container_not_killed", **exc.log_fields())
+
+    def _relay(self, signum: int) -> None:
+        """Deliver a signal to every job process, as pbs_mom does to the job's session."""
+        self.relayed.add(signum)
+        count = self._signal_all(signum)
+        self.log.info("signal_relayed", signal=signal.Signals(signum).name, processes=count)
+        if signum == signal.SIGTSTP:
+            threading.Thread(target=self._watch_suspend, daemon=True, name="suspend").start()
+
+    def _signal_all(self, signum: int) -> int:
+        try:
+            if self.init_pid is None:
+                self.init_pid = int(self.engine.inspect(self.container_id)["State"]["Pid"])
+            return procs.signal_all(self.init_pid, signum)
+        except (OSError, KeyError, ValueError, CbatchError):
+            self.engine.kill(self.container_id, signum)  # at least the init forwards it
+            return 1
+
+    def _watch_suspend(self) -> None:
+        """qsig -s suspend stops the starter (SIGSTOP cannot be relayed): stop the job too."""
+        deadline = time.monotonic() + SUSPEND_WATCH_S
+        while time.monotonic() < deadline and not self.starter_gone.is_set():
+            if procs.state(self.job.peer.pid) == "T":
+                count = self._signal_all(signal.SIGSTOP)
+                self.log.info("job_suspended", processes=count)
+                return
+            time.sleep(0.05)
+
+    def _send(self, kind: str, payload: bytes = b"", **fields: object) -> bool:
+        try:
+            with self.send_lock:
+                protocol.send(self.conn, kind, payload, **fields)
+            return True
+        except OSError:
+            return False
+
+
+def _read_exact(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            return b""
+        buf += chunk
+    return bytes(buf)
+
+
+def _group_names(gids: tuple[int, ...]) -> frozenset[str]:
+    names = set()
+    for gid in gids:
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return frozenset(names)

@@ -1,0 +1,135 @@
+"""Turn a job, its decision and its mounts into a container spec (pure).
+
+The only module that knows docker-py's parameter names; engine.py passes them through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from pathlib import Path
+
+import cbatch
+from cbatch.binds import Bind
+from cbatch.policy import Decision
+from cbatch.torque import Job
+
+LABEL = "cbatch"  # every container cbatch makes carries "cbatch=1" plus cbatch.* labels
+_LOGIN_BY_ARGV0 = ("bash", "zsh", "ksh", "mksh")  # shells whose `exec -a` makes "-name"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Output:
+    """Where one of the job's output streams goes inside the container."""
+
+    mode: str  # "file": append to `path` (the starter's own file, mounted); "null"; "stream"
+    path: Path | None = None
+    same_as_stdout: bool = False
+
+
+STREAM = Output("stream")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    name: str
+    create: dict  # docker APIClient.create_container keyword arguments
+    host_config: dict  # docker APIClient.create_host_config keyword arguments
+    labels: dict[str, str]
+
+
+def labels(job: Job, image_alias: str) -> dict[str, str]:
+    return {
+        LABEL: "1",
+        f"{LABEL}.job_id": job.job_id,
+        f"{LABEL}.task": str(job.task),
+        f"{LABEL}.user": job.user,
+        f"{LABEL}.uid": str(job.uid),
+        f"{LABEL}.starter_pid": str(job.peer.pid),
+        f"{LABEL}.starter_start": str(job.peer.start_ticks),
+        f"{LABEL}.image": image_alias,
+        f"{LABEL}.version": cbatch.__version__,
+    }
+
+
+def command(job: Job, stdout: Output, stderr: Output) -> list[str]:
+    """The container's command: a one-line prologue, then the job's shell as pbs_mom runs it.
+
+    The prologue restores what pbs_mom gives a native job and Docker does not: the umask,
+    SIGPIPE ignored (inherited from pbs_mom), the output files, and for the job's top task
+    a login shell with argv[0] "-bash", as pbs_mom runs it without a job starter.
+    """
+    steps = [f"umask {job.umask:04o}", "trap '' PIPE"]
+    redirects = _redirect(1, stdout) + _redirect(2, stderr)
+    if redirects:
+        steps.append("exec" + redirects)
+    shell, args = job.argv[0], list(job.argv[1:])
+    name = os.path.basename(shell)
+    if job.task > 1:  # TM task: pbs_mom execs the spawned argv directly, no shell
+        steps.append('exec "$@"')
+        return ["/bin/sh", "-c", "; ".join(steps), "cbatch", *job.argv]
+    if name in _LOGIN_BY_ARGV0:
+        steps.append(shlex.join(["exec", "-a", "-" + name, shell, *args]))
+        return [shell, "-c", "; ".join(steps)]
+    steps.append(shlex.join(["exec", shell, "-l", *args]))
+    return ["/bin/sh", "-c", "; ".join(steps)]
+
+
+def _redirect(fd: int, out: Output) -> str:
+    if out.mode == "file" and out.same_as_stdout and fd == 2:
+        return " 2>&1"
+    if out.mode == "file":
+        return f" {fd}>>{shlex.quote(str(out.path))}"
+    if out.mode == "null":
+        return f" {fd}>/dev/null"
+    return ""
+
+
+def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output = STREAM,
+          stderr: Output = STREAM, extra_binds: tuple[Bind, ...] = ()) -> ContainerSpec:
+    env = {k: v for k, v in job.env.items() if k not in decision.drop_env}
+    mounts = [{"Type": "bind", "Source": str(b.source), "Target": str(b.target),
+               "ReadOnly": b.read_only, "BindOptions": {"Propagation": "rprivate"}}
+              for b in (*binds, *extra_binds)]
+    ulimits = [{"Name": name, "Soft": soft, "Hard": hard}
+               for name, (soft, hard) in sorted(job.rlimits.items())]
+    host_config: dict = {
+        "mounts": mounts,
+        "network_mode": decision.network,
+        "init": True,  # docker-init as pid 1: signals reach the job, zombies are reaped
+        "privileged": False,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": decision.pids_limit,
+        "group_add": [str(g) for g in job.groups],
+        "ulimits": ulimits,
+        # never through Docker's log store: output goes to the job's own files
+        "log_config": {"Type": "none", "Config": {}},
+        "cpu_shares": 1024 * _ppn(job.env),
+    }
+    rss = job.rlimits.get("rss", (-1, -1))[0]
+    if decision.memory_limit and rss > 0:
+        host_config["mem_limit"] = rss
+        host_config["memswap_limit"] = rss
+    job_labels = labels(job, decision.image.alias)
+    create = {
+        "image": decision.image.ref,
+        "entrypoint": command(job, stdout, stderr),  # the image's ENTRYPOINT is ignored
+        "user": f"{job.uid}:{job.gid}",
+        "environment": env,
+        "working_dir": str(job.cwd),
+        "stdin_open": True,
+        "tty": False,
+        "labels": job_labels,
+        "name": job.container_name,
+    }
+    if decision.network != "host":
+        create["hostname"] = os.uname().nodename.split(".")[0]
+    return ContainerSpec(name=job.container_name, create=create, host_config=host_config,
+                         labels=job_labels)
+
+
+def _ppn(env: dict[str, str]) -> int:
+    value = env.get("PBS_NUM_PPN", "1")
+    return max(1, min(int(value), 1024)) if value.isdigit() else 1

@@ -1,0 +1,177 @@
+"""Prove that a peer is a running Torque job of its uid, and collect what the job is.
+
+Everything comes from the kernel (/proc) and Torque's own files, never from the request:
+the request only contributes the shell argv and the stdin bytes pbs_mom wrote.
+Paths are injectable so tests can use temporary directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pwd
+import stat as stat_
+from pathlib import Path
+
+from cbatch import peer as peer_
+from cbatch.config import Config
+from cbatch.errors import NotATorqueJob, PolicyDenied
+
+MAX_SCRIPT_BYTES = 16 * 1024 * 1024
+MAX_ENVIRON_BYTES = 4 * 1024 * 1024
+
+# /proc/<pid>/limits row titles -> Docker ulimit names
+_RLIMITS = {
+    "Max cpu time": "cpu", "Max file size": "fsize", "Max data size": "data",
+    "Max stack size": "stack", "Max core file size": "core", "Max resident set": "rss",
+    "Max processes": "nproc", "Max open files": "nofile", "Max locked memory": "memlock",
+    "Max address space": "as", "Max file locks": "locks", "Max pending signals": "sigpending",
+    "Max msgqueue size": "msgqueue", "Max nice priority": "nice",
+    "Max realtime priority": "rtprio", "Max realtime timeout": "rttime",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """One job task as pbs_mom started it, proven from the kernel and Torque's files."""
+
+    job_id: str  # PBS_JOBID, e.g. "2[1].vm"
+    prefix: str  # Torque's file prefix, e.g. "2-1.vm" (names the .SC and spool files)
+    task: int  # PBS_TASKNUM: 1 for the job's top task, >1 for TM tasks (pbsdsh, mpiexec)
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: Path
+    cwd: Path
+    umask: int
+    env: dict[str, str]
+    argv: tuple[str, ...]  # what pbs_mom passed after the starter's own name
+    stdin: bytes  # what pbs_mom wrote on the starter's stdin
+    script: Path  # mom_priv/jobs/<prefix>.SC
+    script_text: str
+    queue: str
+    rlimits: dict[str, tuple[int, int]]  # docker ulimit name -> (soft, hard); -1 = unlimited
+    peer: peer_.Peer
+
+    @property
+    def container_name(self) -> str:
+        name = "cbatch-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in self.prefix)
+        return name if self.task <= 1 else f"{name}-t{self.task}"
+
+
+def jobs_dir(torque_home: Path) -> Path:
+    return torque_home / "mom_priv" / "jobs"
+
+
+def prefix_of(job_id: str) -> str:
+    """Torque's file prefix for a job id: array index brackets become a dash."""
+    return job_id.replace("[", "-").replace("]", "")
+
+
+def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes,
+           proc: Path = peer_.PROC) -> Job:
+    """Prove the peer is a live Torque job task of peer.uid and describe it.
+
+    Raises:
+        NotATorqueJob: the peer is not (or no longer) a job pbs_mom started for that uid.
+        PolicyDenied: root or system-uid jobs when the policy does not allow them.
+    """
+    if not cfg.allow_root and (peer.uid == 0 or peer.uid < cfg.min_uid):
+        raise PolicyDenied(f"jobs of uid {peer.uid} may not run in containers on this node "
+                           f"(site policy: uid {cfg.min_uid} and above); submit as a regular user")
+    try:
+        st = peer_.stat(peer.pid, proc)
+        parent = peer_.stat(st.ppid, proc)
+        parent_uid = int(peer_.status_field(st.ppid, "Uid", proc).split()[0])
+        environ = _read_limited(proc / str(peer.pid) / "environ", MAX_ENVIRON_BYTES)
+        cwd = Path(os.readlink(proc / str(peer.pid) / "cwd"))
+        umask = int(peer_.status_field(peer.pid, "Umask", proc), 8)
+        limits_text = (proc / str(peer.pid) / "limits").read_text()
+    except (OSError, KeyError, ValueError) as exc:
+        raise NotATorqueJob("the job's starter process vanished while cbatch checked it; "
+                            "ask your admin to look at the node", pid=peer.pid) from exc
+    if st.session != peer.pid:
+        raise NotATorqueJob("cbatch-starter must be started by pbs_mom as a Torque job "
+                            "(this process is not a job's session leader)", pid=peer.pid)
+    if cfg.require_pbs_mom_parent and not (parent.comm == "pbs_mom" and parent_uid == 0):
+        raise NotATorqueJob("cbatch-starter must be started by pbs_mom as a Torque job "
+                            "(its parent is not pbs_mom)", pid=peer.pid, parent=parent.comm)
+    env = _parse_environ(environ)
+    job_id = env.get("PBS_JOBID", "")
+    if not job_id or "/" in job_id:
+        raise NotATorqueJob("the job has no PBS_JOBID; cbatch-starter runs only as a Torque "
+                            "job starter", pid=peer.pid)
+    task = int(env["PBS_TASKNUM"]) if env.get("PBS_TASKNUM", "").isdigit() else 1
+    script = _script_path(cfg, stdin, job_id, task)
+    text = _read_script(script, peer.uid)
+    try:
+        entry = pwd.getpwuid(peer.uid)
+    except KeyError:
+        raise NotATorqueJob(f"uid {peer.uid} has no passwd entry on this node") from None
+    if not peer_.is_alive(peer.pid, peer.start_ticks, proc):
+        raise NotATorqueJob("the job's starter process ended while cbatch checked it")
+    return Job(
+        job_id=job_id, prefix=script.name[:-3], task=task, user=entry.pw_name, uid=peer.uid,
+        gid=peer.gid, groups=peer.groups, home=Path(entry.pw_dir), cwd=cwd, umask=umask,
+        env=env, argv=tuple(argv), stdin=stdin, script=script, script_text=text,
+        queue=env.get("PBS_QUEUE", ""), rlimits=_parse_limits(limits_text), peer=peer)
+
+
+def _script_path(cfg: Config, stdin: bytes, job_id: str, task: int) -> Path:
+    """The .SC path: from the stdin line for the top task, from PBS_JOBID for TM tasks."""
+    jobs = jobs_dir(cfg.torque_home)
+    if task > 1:
+        return jobs / (prefix_of(job_id) + ".SC")
+    line = stdin.decode("utf-8", "replace").strip()
+    if line.startswith("exec "):
+        line = line[len("exec "):].lstrip()
+    path = Path(line.split()[0]) if line else Path()
+    if (not path.name.endswith(".SC") or os.path.realpath(path.parent) != os.path.realpath(jobs)
+            or not path.name.startswith(prefix_of(job_id))):
+        raise NotATorqueJob("cbatch-starter must be started by pbs_mom as a Torque job "
+                            "(stdin does not name this job's script)", stdin=line[:200])
+    return path
+
+
+def _read_script(path: Path, uid: int) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NotATorqueJob(f"cannot open the job script {path.name}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat_.S_ISREG(st.st_mode) or st.st_uid != uid:
+            raise NotATorqueJob(f"the job script {path.name} is not a regular file owned by you")
+        data = f.read(MAX_SCRIPT_BYTES + 1)
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise PolicyDenied(f"the job script is larger than {MAX_SCRIPT_BYTES // 2**20} MiB")
+    return data.decode("utf-8", "replace")
+
+
+def _read_limited(path: Path, limit: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
+def _parse_environ(raw: bytes) -> dict[str, str]:
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key:
+            env[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+    return env
+
+
+def _parse_limits(text: str) -> dict[str, tuple[int, int]]:
+    limits = {}
+    for line in text.splitlines()[1:]:
+        for title, name in _RLIMITS.items():
+            if line.startswith(title + " "):
+                soft, hard = line[len(title):].split()[:2]
+                limits[name] = (_limit(soft), _limit(hard))
+    return limits
+
+
+def _limit(word: str) -> int:
+    return -1 if word == "unlimited" else int(word)
