@@ -33,7 +33,7 @@ class Daemon:
         self.lock = threading.Lock()
 
     def serve(self) -> int:
-        removed = outputs.clean()
+        removed = outputs.clean(self.cfg.socket_path.parent / "out")
         if removed:
             self.log.info("placeholders_cleaned", count=removed)
         self.sweep()

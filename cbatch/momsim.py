@@ -208,7 +208,7 @@ def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
         os.dup2(extra_r, 14)
         os.dup2(out, 1)
         os.dup2(err, 2)
-        for fd in (stdin_r, extra_r, out, err):
+        for fd in {stdin_r, extra_r, out, err}:
             if fd > 2 and fd not in (9, 14):
                 os.close(fd)
         for fd in (0, 1, 2, 9, 14):
@@ -303,9 +303,16 @@ class MomJob:
     def wait(self, timeout: float = 120) -> int:
         """Torque's exit_status for the job."""
         line = self._readline(timeout)
-        self.proc.stdin.close()
         self.proc.wait(timeout=10)
+        self._close_pipes()
         return json.loads(line)["exit_status"]
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
 
     def _readline(self, timeout: float) -> str:
         result: list[str] = []
@@ -325,6 +332,10 @@ class MomJob:
         return out, err
 
     def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close_pipes()
         for key in ("script", "nodefile", "out", "err"):
             self.paths[key].unlink(missing_ok=True)
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from cbatch.binds import Bind
 from cbatch.spec import STREAM, Output
 
-RUN_DIR = Path("/run/cbatch/out")
 _MS_BIND = 4096
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -51,7 +50,7 @@ class Plan:
         self.placeholders.clear()
 
 
-def plan(fds: list[int], name: str, run_dir: Path = RUN_DIR) -> Plan:
+def plan(fds: list[int], name: str, run_dir: Path) -> Plan:
     """Decide per stream how output reaches the starter's file; mounts placeholders.
 
     fds are the starter's fds 1 and 2 as received; the caller keeps and closes them.
@@ -77,7 +76,7 @@ def plan(fds: list[int], name: str, run_dir: Path = RUN_DIR) -> Plan:
     return Plan(outputs[0], outputs[1], tuple(binds), placeholders)
 
 
-def clean(run_dir: Path = RUN_DIR) -> int:
+def clean(run_dir: Path) -> int:
     """Remove placeholders a previous daemon left behind (at start); how many."""
     count = 0
     for path in run_dir.glob("*") if run_dir.is_dir() else ():

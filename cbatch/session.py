@@ -22,12 +22,13 @@ from cbatch import binds, directives, outputs, peer, policy, procs, protocol, sp
 from cbatch.config import Config
 from cbatch.engine import Engine
 from cbatch.errors import CbatchError, ContainerFailed, EXIT_NODE_FAILURE, NotATorqueJob
-from cbatch.errors import ProtocolError
+from cbatch.errors import PolicyDenied, ProtocolError
 
 REQUEST_TIMEOUT_S = 10.0
 SUSPEND_WATCH_S = 10.0  # pbs_mom sends STOP 5 s after TSTP when suspending (qsig -s suspend)
 RELAYED = frozenset(int(s) for s in protocol.RELAYED_SIGNALS)
 _DOCKER_HEADER = struct.Struct(">BxxxI")
+_INIT_FAILURE = b"[FATAL tini"  # docker-init could not exec the job's command
 
 
 class Session:
@@ -45,18 +46,19 @@ class Session:
         self.starter_gone = threading.Event()
         self.done = threading.Event()  # set once the job's end is known: EOF is then normal
         self.job: torque.Job | None = None
+        self.plan: outputs.Plan | None = None
+        self.init_failure: str | None = None
 
     # -- entry point -------------------------------------------------------------------
     def run(self) -> None:
         started = time.monotonic()
         fds: list[int] = []
-        plan: outputs.Plan | None = None
         try:
             self.conn.settimeout(REQUEST_TIMEOUT_S)
             header, payload = self._read_request(fds)
             job = self._prove(header, payload)
-            plan = self._launch(job, fds)
-            status = self._supervise(plan)
+            self._launch(job, fds)
+            status = self._supervise(self.plan)
             self._finish(status, started)
         except CbatchError as exc:
             self._refuse(exc)
@@ -70,8 +72,8 @@ class Session:
         finally:
             for fd in fds:
                 os.close(fd)
-            if plan is not None:
-                plan.release()
+            if self.plan is not None:
+                self.plan.release()
             self._cleanup()
             self.conn.close()
 
@@ -109,20 +111,22 @@ class Session:
         self.log = self.log.bind(job_id=job.job_id, task=job.task, user=job.user)
         return job
 
-    def _launch(self, job: torque.Job, fds: list[int]) -> outputs.Plan:
+    def _launch(self, job: torque.Job, fds: list[int]) -> None:
         found = directives.parse(job.script_text)
         decision = policy.decide(self.cfg, job.user, _group_names(job.groups), job.queue,
                                  found)
         self.log = self.log.bind(image=decision.image.alias, digest=decision.image.ref)
         mounts = binds.resolve(job, decision, self.cfg.torque_home)
-        plan = outputs.plan(fds, job.container_name)
+        plan = self.plan = outputs.plan(fds, job.container_name,
+                                        self.cfg.socket_path.parent / "out")
         container = spec.build(job, decision, mounts, plan.stdout, plan.stderr, plan.binds)
         self.engine = self.engine_factory()
         self.engine.ensure_image(decision.image.ref, self.cfg.pull)
         self.container_id = self._create(container)
         self.log = self.log.bind(container_id=self.container_id[:12])
-        attach = self.engine.attach(self.container_id, stdout=plan.stdout.mode == "stream",
-                                    stderr=plan.stderr.mode == "stream")
+        # Always attach both streams: with output going to files they stay silent unless
+        # the container's init itself fails (e.g. the job's shell is not in the image).
+        attach = self.engine.attach(self.container_id, stdout=True, stderr=True)
         self.conn.settimeout(None)
         try:
             self.engine.start(self.container_id)
@@ -133,7 +137,6 @@ class Session:
         self.log.info("container_started", stdout=plan.stdout.mode, stderr=plan.stderr.mode)
         self._attach = attach
         self._feed_stdin(attach, job.stdin)
-        return plan
 
     def _create(self, container: spec.ContainerSpec) -> str:
         """Create the job's container; a stale one of the same job (requeue) is replaced."""
@@ -165,23 +168,23 @@ class Session:
 
     def _supervise(self, plan: outputs.Plan) -> int:
         """Relay signals and output until the container exits; its wait status."""
-        pump = None
-        if plan.streams:
-            pump = threading.Thread(target=self._pump, args=(self._attach,), daemon=True,
-                                    name="pump")
-            pump.start()
-        else:
-            self._attach.close()
+        pump = threading.Thread(target=self._pump, args=(self._attach,), daemon=True,
+                                name="pump")
+        pump.start()
         control = threading.Thread(target=self._control, daemon=True, name="control")
         control.start()
         status = self.engine.wait(self.container_id)
-        if pump is not None:
-            pump.join(timeout=30)
-            self._attach.close()
+        pump.join(timeout=30)
+        self._attach.close()
         return status
 
     def _finish(self, status: int, started: float) -> None:
         state = self.engine.inspect(self.container_id).get("State", {})
+        if self.init_failure is not None:
+            shell = self.job.argv[0]
+            raise PolicyDenied(f"the image has no {shell} (the job's shell) or it cannot "
+                               "run there; choose another image or shell (qsub -S)",
+                               init_error=self.init_failure, exit_code=status)
         signum = status - 128 if status > 128 and status - 128 in self.relayed else None
         message = None
         if state.get("OOMKilled"):
@@ -229,6 +232,9 @@ class Session:
                     return
                 stream, size = _DOCKER_HEADER.unpack(head)
                 data = _read_exact(attach, size)
+                if stream == 2 and data.startswith(_INIT_FAILURE) and self.init_failure is None:
+                    self.init_failure = data.decode("utf-8", "replace").strip()
+                    continue
                 kind = kinds.get(stream)
                 for i in range(0, len(data), protocol.MAX_PAYLOAD):
                     if kind and not self._send(kind, data[i:i + protocol.MAX_PAYLOAD]):

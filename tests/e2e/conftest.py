@@ -1,0 +1,127 @@
+"""End-to-end fixtures: a test user, two local images, a real cbatchd, pbs_mom's harness."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import shutil
+import time
+
+import docker
+import pytest
+
+from cbatch import momsim
+from tests.harness import images, users
+from tests.harness.daemon import DaemonUnderTest
+
+USER, GROUP = "cbtest1", "cbtestg2"
+_ids = itertools.count(1)
+
+
+@dataclasses.dataclass
+class Result:
+    status: int
+    out: str
+    err: str
+    job: momsim.MomJob
+
+
+@pytest.fixture(scope="session")
+def api():
+    client = docker.APIClient(version="1.41")
+    yield client
+    for c in client.containers(all=True, filters={"label": "cbatch"}):
+        client.remove_container(c["Id"], force=True)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def test_user():
+    entry = users.create(USER, GROUP)
+    yield entry
+    users.remove(USER, GROUP)
+
+
+@pytest.fixture(scope="session")
+def image_ids(api):
+    ids = {"alpha": images.build(api, "alpha"), "beta": images.build(api, "beta")}
+    yield ids
+    for release in ids:
+        images.remove(api, release)
+
+
+@pytest.fixture(scope="session")
+def site_dirs():
+    ro, rw = "/srv/cbatch-test-ro", "/srv/cbatch-test-rw"
+    for path in (ro, rw):
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o1777)
+    with open(f"{ro}/marker", "w") as f:
+        f.write("site data\n")
+    yield ro, rw
+    shutil.rmtree(ro, ignore_errors=True)
+    shutil.rmtree(rw, ignore_errors=True)
+
+
+def make_daemon(image_ids, site_dirs, **extra) -> DaemonUnderTest:
+    ro, rw = site_dirs
+    settings = {"mounts": [{"path": ro, "read_only": True}, {"path": rw, "read_only": False},
+                           {"path": "/srv/cbatch-absent", "optional": True}]}
+    settings.update(extra)
+    return DaemonUnderTest({"alpha": image_ids["alpha"], "beta": image_ids["beta"]}, "alpha",
+                           settings)
+
+
+@pytest.fixture(scope="session")
+def daemon(image_ids, site_dirs, test_user):
+    d = make_daemon(image_ids, site_dirs)
+    d.start()
+    yield d
+    d.cleanup()
+
+
+@pytest.fixture
+def fresh_daemon(image_ids, site_dirs, test_user):
+    """A daemon of the test's own, for tests that stop, kill or reconfigure it."""
+    d = make_daemon(image_ids, site_dirs)
+    yield d
+    d.cleanup()
+
+
+def job_spec(d: DaemonUnderTest, script: str, **kwargs) -> momsim.JobSpec:
+    number = next(_ids)
+    job_id = kwargs.pop("job_id", f"{number}{int(time.time() * 1000) % 100000}.vm")
+    mom_env = {"CBATCH_SOCKET": str(d.socket), **kwargs.pop("mom_env", {})}
+    return momsim.JobSpec(user=USER, job_id=job_id, torque_home=str(d.torque_home),
+                          script=script, starter=d.starter, mom_env=mom_env, **kwargs)
+
+
+@pytest.fixture
+def submit(daemon):
+    """Start a job through the harness; returns the running MomJob."""
+    started = []
+
+    def _submit(script: str, d: DaemonUnderTest | None = None, **kwargs) -> momsim.MomJob:
+        job = momsim.MomJob(job_spec(d or daemon, script, **kwargs))
+        started.append(job)
+        return job
+
+    yield _submit
+    for job in started:
+        if job.proc.poll() is None:
+            job.proc.kill()
+        job.cleanup()
+
+
+@pytest.fixture
+def run(submit):
+    """Run a job to its end; Result(status, .OU, .ER)."""
+
+    def _run(script: str, timeout: float = 60, **kwargs) -> Result:
+        job = submit(script, **kwargs)
+        status = job.wait(timeout)
+        out, err = job.output()
+        return Result(status, out, err, job)
+
+    return _run
