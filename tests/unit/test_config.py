@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from cbatch import config
+from cbatch.errors import ConfigError
+
+SAMPLE = Path(__file__).parents[2] / "etc" / "cbatch.yaml"
+DIGEST = "sha256:" + "a" * 64
+
+
+def load_text(tmp_path, text):
+    path = tmp_path / "cbatch.yaml"
+    path.write_text(text)
+    return config.load(path)
+
+
+def test_sample_config_is_valid_and_complete():
+    cfg = config.load(SAMPLE)
+    assert cfg.default_image == "el9"
+    assert cfg.image("slc6").audience.groups == ("atlas", "cms")
+    assert cfg.require_pbs_mom_parent is True
+    assert cfg.socket_mode == 0o666 and cfg.network == "host"
+
+
+def test_minimal_config_takes_defaults(tmp_path):
+    cfg = load_text(tmp_path, f"images:\n  default: a\n  aliases:\n    a: {{ref: '{DIGEST}'}}\n")
+    assert cfg.image("a").ref == DIGEST
+    assert cfg.torque_home == Path("/var/spool/torque") and cfg.pull == "never"
+
+
+@pytest.mark.parametrize("text,where,problem", [
+    ("sockets: {}\n", "sockets (line 1)", "unknown key"),
+    ("socket:\n  path: /x\n  colour: red\n", "socket.colour (line 3)", "unknown key"),
+    ("socket:\n  path: relative\n", "socket.path (line 2)", "must be an absolute path"),
+    ("jobs:\n  min_uid: lots\n", "jobs.min_uid (line 2)", "must be int"),
+    ("jobs:\n  allow_root: 1\n", "jobs.allow_root (line 2)", "must be bool"),
+    ("container:\n  network: overlay\n", "container.network (line 2)", "must be one of host, bridge, none"),
+    ("images:\n  default: a\n  aliases:\n    a: {ref: 'centos:7'}\n", "images.aliases.a.ref (line 4)",
+     "must be pinned by digest"),
+    (f"images:\n  default: b\n  aliases:\n    a: {{ref: '{DIGEST}'}}\n", "images.default (line 2)",
+     "names no alias"),
+    ("mounts:\n  - path: /data\n    writable: true\n", "mounts[0].writable", "unknown key"),
+    ("mounts:\n  - path: /x\n    target: /proc/x\n", "mounts[0].target", "may not be /proc/x"),
+    ("socket: [1, 2]\n", "socket (line 1)", "must be a mapping"),
+    ("socket:\n  path: /a\n  path: /b\n", "path (line 3)", "duplicate key"),
+    ("socket: {path: /a\n", "cbatch.yaml", "YAML syntax error"),
+])
+def test_errors_name_key_path_and_line(tmp_path, text, where, problem):
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text)
+    message = str(info.value)
+    assert where in message and problem in message, message
+    assert "\n" not in message
+
+
+def test_unreadable_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(tmp_path / "missing.yaml")

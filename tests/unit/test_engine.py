@@ -1,0 +1,69 @@
+"""The Docker boundary: every docker/requests failure becomes one user line."""
+
+import docker
+import docker.errors
+import pytest
+import requests
+
+from cbatch import engine
+from cbatch.errors import ContainerFailed, EngineUnavailable, ImageUnavailable
+from tests.unit.factories import make_decision, make_job
+from cbatch import spec
+
+
+@pytest.fixture
+def api(mocker):
+    fake = mocker.create_autospec(docker.APIClient, instance=True)
+    mocker.patch.object(engine.docker, "APIClient", return_value=fake)
+    fake.create_host_config.side_effect = lambda **kw: kw
+    return fake
+
+
+def response(status):
+    r = requests.Response()
+    r.status_code = status
+    return r
+
+
+def test_create_passes_the_spec_through(api):
+    api.create_container.return_value = {"Id": "abc"}
+    s = spec.build(make_job(), make_decision(), ())
+    assert engine.Engine().create(s) == "abc"
+    kwargs = api.create_container.call_args.kwargs
+    assert kwargs["user"] == "1001:1001" and kwargs["name"] == "cbatch-12.vm"
+    assert kwargs["host_config"]["cap_drop"] == ["ALL"]
+
+
+@pytest.mark.parametrize("exc,kind,line", [
+    (docker.errors.ImageNotFound("no such image", response(404)), ImageUnavailable,
+     "the job's image is not available on this node"),
+    (docker.errors.APIError("boom", response(500), explanation="OCI runtime create failed: "
+                            "exec: \"/bin/zsh\": no such file"), ContainerFailed,
+     "the job's container could not be created: \"/bin/zsh\": no such file"),
+    (requests.exceptions.ConnectionError("refused"), EngineUnavailable,
+     "the container engine on this node is not reachable"),
+])
+def test_docker_failures_are_translated_once(api, exc, kind, line):
+    api.create_container.side_effect = exc
+    with pytest.raises(kind) as info:
+        engine.Engine().create(spec.build(make_job(), make_decision(), ()))
+    assert str(info.value).startswith(line)
+    assert info.value.__cause__ is exc and "docker_error" in info.value.log_fields()
+
+
+def test_missing_image_is_pulled_once_only_when_policy_allows(api):
+    api.inspect_image.side_effect = docker.errors.ImageNotFound("x", response(404))
+    with pytest.raises(ImageUnavailable):
+        engine.Engine().ensure_image("reg/a@sha256:" + "d" * 64, "never")
+    api.pull.assert_not_called()
+    api.inspect_image.side_effect = [docker.errors.ImageNotFound("x", response(404))] * 2
+    engine.Engine().ensure_image("reg/a@sha256:" + "d" * 64, "missing")
+    api.pull.assert_called_once_with("reg/a", tag="sha256:" + "d" * 64)
+
+
+def test_kill_and_remove_of_a_gone_container_are_not_errors(api):
+    api.kill.side_effect = docker.errors.APIError("gone", response(404))
+    api.remove_container.side_effect = docker.errors.NotFound("gone", response(404))
+    e = engine.Engine()
+    e.kill("abc", 15)
+    e.remove("abc")

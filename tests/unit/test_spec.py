@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from cbatch import spec
+from cbatch.binds import Bind
+from tests.unit.factories import DIGEST, make_decision, make_job
+
+
+def build(job=None, decision=None, **kwargs):
+    return spec.build(job or make_job(), decision or make_decision(), (), **kwargs)
+
+
+def test_container_runs_as_the_peer_with_all_groups_hardened():
+    s = build()
+    assert s.create["user"] == "1001:1001" and s.host_config["group_add"] == ["1001", "1002"]
+    hc = s.host_config
+    assert hc["init"] is True and hc["privileged"] is False and hc["cap_drop"] == ["ALL"]
+    assert hc["security_opt"] == ["no-new-privileges"] and hc["pids_limit"] == 4096
+    assert hc["log_config"]["Type"] == "none" and hc["network_mode"] == "host"
+    assert s.create["image"] == DIGEST and s.create["working_dir"] == "/home/alice/run"
+
+
+def test_name_and_labels_come_from_the_job():
+    s = build(make_job(job_id="7[2].vm", prefix="7-2.vm"))
+    assert s.name == "cbatch-7-2.vm"
+    assert s.labels["cbatch.job_id"] == "7[2].vm" and s.labels["cbatch.starter_pid"] == "4242"
+    assert s.labels["cbatch.starter_start"] == "777" and s.labels["cbatch"] == "1"
+    assert build(make_job(task=3)).name == "cbatch-12.vm-t3"
+
+
+def test_login_shell_prologue_restores_umask_sigpipe_and_argv0():
+    assert spec.command(make_job(), spec.STREAM, spec.STREAM) == [
+        "/bin/bash", "-c", "umask 0077; trap '' PIPE; exec -a -bash /bin/bash"]
+
+
+def test_output_files_are_appended_to_by_the_job_itself():
+    out = spec.Output("file", Path("/spool/12.vm.OU"))
+    err = spec.Output("file", Path("/spool/it's.ER"))
+    cmd = spec.command(make_job(), out, err)[2]
+    assert "exec 1>>/spool/12.vm.OU 2>>'/spool/it'\"'\"'s.ER'" in cmd
+    joined = spec.command(make_job(), out, spec.Output("file", out.path, same_as_stdout=True))[2]
+    assert "exec 1>>/spool/12.vm.OU 2>&1;" in joined
+    assert "exec 1>/dev/null" in spec.command(make_job(), spec.Output("null"), spec.STREAM)[2]
+
+
+@pytest.mark.parametrize("shell,expected", [
+    ("/bin/sh", ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec /bin/sh -l"]),
+    ("/bin/tcsh", ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec /bin/tcsh -l"]),
+])
+def test_shells_without_exec_a_get_a_login_flag(shell, expected):
+    assert spec.command(make_job(argv=(shell,)), spec.STREAM, spec.STREAM) == expected
+
+
+def test_tm_task_runs_its_argv_without_a_shell():
+    cmd = spec.command(make_job(task=2, argv=("/bin/sh", "-c", "echo hi")), spec.STREAM, spec.STREAM)
+    assert cmd == ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec \"$@\"", "cbatch",
+                   "/bin/sh", "-c", "echo hi"]
+
+
+def test_memory_rlimit_becomes_a_hard_limit_and_ppn_the_cpu_share():
+    hc = build().host_config
+    assert hc["mem_limit"] == 2 * 2**30 == hc["memswap_limit"]
+    assert hc["cpu_shares"] == 4096
+    assert {"Name": "nofile", "Soft": 1024, "Hard": 4096} in hc["ulimits"]
+    off = build(decision=make_decision(container={"memory_from_rlimit": False})).host_config
+    assert "mem_limit" not in off
+
+
+def test_environment_is_the_jobs_minus_dropped_names():
+    env = build(decision=make_decision(jobs={"drop_env": ["SECRET_TOKEN"]})).create["environment"]
+    assert "SECRET_TOKEN" not in env and env["PBS_JOBID"] == "12.vm"
+
+
+def test_mounts_are_binds_at_their_targets():
+    s = spec.build(make_job(), make_decision(), (Bind(Path("/a"), Path("/b"), True),))
+    assert s.host_config["mounts"] == [{"Type": "bind", "Source": "/a", "Target": "/b",
+                                        "ReadOnly": True,
+                                        "BindOptions": {"Propagation": "rprivate"}}]
