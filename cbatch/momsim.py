@@ -57,6 +57,7 @@ class JobSpec:
     job_env: dict = dataclasses.field(default_factory=dict)  # qsub -v
     mom_env: dict = dataclasses.field(default_factory=dict)  # extra pbs_environment lines
     rlimits: dict = dataclasses.field(default_factory=dict)  # name -> (soft, hard)
+    pipe_output: bool = False  # fds 1/2 are pipes (as TM tasks' sockets to pbs_demux)
 
     @property
     def prefix(self) -> str:
@@ -188,7 +189,7 @@ def kill_session(sid: int, signum: int, passes: int = 4) -> None:
 
 
 def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
-           extra_r: int) -> None:
+           extra_r: int, pipes: list[tuple[int, int]]) -> None:
     """In the forked child: become the job's process and exec the starter."""
     try:
         entry = pwd.getpwnam(spec.user)
@@ -202,6 +203,13 @@ def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
         out = os.open(p["out"], flags, 0o666)
         err = out if spec.join else os.open(p["err"], flags, 0o666)
+        if pipes:  # the demux side (parent) copies the pipes into the files
+            os.close(out)
+            if err != out:
+                os.close(err)
+            out, err = pipes[0][1], pipes[1][1]
+            for r, _ in pipes:
+                os.close(r)
         os.chdir(spec.initdir or entry.pw_dir)
         os.dup2(stdin_r, 0)
         os.dup2(stdin_r, 9)  # the stray copy pbs_mom leaves open (contract §1a)
@@ -233,10 +241,16 @@ def run(spec: JobSpec) -> int:
     env = environment(spec)
     stdin_r, stdin_w = os.pipe()
     extra_r, extra_w = os.pipe()
+    pipes = [os.pipe(), os.pipe()] if spec.pipe_output else []
     pid = os.fork()
     if pid == 0:
-        _child(spec, p, env, stdin_r, extra_r)
+        _child(spec, p, env, stdin_r, extra_r, pipes)
     os.close(stdin_r)
+    copiers = []
+    for (r, w), key in zip(pipes, ("out", "err")):
+        os.close(w)
+        copiers.append(threading.Thread(target=_copy, args=(r, p[key], spec.join)))
+        copiers[-1].start()
     line = ("exec " if spec.exec_with_exec else "") + str(p["script"])
     line += (" " + spec.submit_args if spec.submit_args else "") + "\n"
     os.write(stdin_w, line.encode())
@@ -245,6 +259,8 @@ def run(spec: JobSpec) -> int:
     overlimit = threading.Event()
     threading.Thread(target=_commands, args=(pid, p, overlimit), daemon=True).start()
     _, status = os.waitpid(pid, 0)
+    for copier in copiers:
+        copier.join(10)
     kill_session(pid, signal.SIGKILL)  # scan_for_terminated(): the rest of the session
     os.close(extra_w)
     if overlimit.is_set():
@@ -252,6 +268,15 @@ def run(spec: JobSpec) -> int:
     if os.WIFSIGNALED(status):
         return 0x100 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
+
+
+def _copy(fd: int, path: Path, join: bool) -> None:
+    while not path.exists():  # created by the job's process as the user
+        time.sleep(0.01)
+    with open(path, "ab", buffering=0) as f:
+        while chunk := os.read(fd, 65536):
+            f.write(chunk)
+    os.close(fd)
 
 
 def _commands(pid: int, p: dict[str, Path], overlimit: threading.Event) -> None:

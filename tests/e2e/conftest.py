@@ -118,8 +118,9 @@ def submit(daemon):
 def run(submit):
     """Run a job to its end; Result(status, .OU, .ER)."""
 
-    def _run(script: str, timeout: float = 60, **kwargs) -> Result:
-        job = submit(script, **kwargs)
+    def _run(script: str, timeout: float = 60, d: DaemonUnderTest | None = None,
+             **kwargs) -> Result:
+        job = submit(script, d=d, **kwargs)
         status = job.wait(timeout)
         out, err = job.output()
         return Result(status, out, err, job)

@@ -199,3 +199,34 @@ def test_cbatch_ps_lists_running_job(submit, daemon, tmp_path):
     assert "cbtest1" in line and "alpha" in line and "running" in line
     job.qdel(0.5)
     job.wait(30)
+
+
+def test_output_streams_through_the_starter_when_fds_are_pipes(run):
+    script = "#!/bin/bash\necho out1\necho err1 >&2\nsleep 1\necho out2\n"
+    result = run(script, pipe_output=True)
+    assert (result.status, result.out, result.err) == (0, "out1\nout2\n", "err1\n")
+
+
+def test_out_of_memory_is_named_on_the_error_file(run, daemon):
+    limit = 64 * 2**20
+    result = run("#!/bin/bash\nhead -c 400M /dev/zero | tail > /dev/null\necho after=$?\n",
+                 rlimits={"rss": (limit, limit)})
+    assert result.err.endswith("cbatch: job killed: it ran out of memory (limit of 64 MiB); "
+                               "request more memory (qsub -l mem=...) or use less\n"), result.err
+    record = daemon.wait_for_event("job_finished", job_id=result.job.spec.job_id)
+    assert record["oom_killed"] is True
+
+
+def test_suspend_stops_the_job_and_resume_continues_it(submit, daemon):
+    job = submit("#!/bin/bash\nfor ((i=1; i<=200; i++)); do echo $i; sleep 0.05; done\n")
+    daemon.wait_for_event("container_started", job_id=job.spec.job_id)
+    time.sleep(1)
+    job.command("suspend")  # TSTP, 5 s later STOP (as qsig -s suspend)
+    daemon.wait_for_event("job_suspended", job_id=job.spec.job_id, timeout=15)
+    time.sleep(0.5)
+    frozen = job.paths["out"].read_text()
+    time.sleep(1.5)
+    assert job.paths["out"].read_text() == frozen, "the job made progress while suspended"
+    job.command("resume")
+    assert job.wait(60) == 0
+    assert job.output()[0].split() == [str(i) for i in range(1, 201)]
