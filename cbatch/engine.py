@@ -108,6 +108,8 @@ class Engine:
             params = {"stdin": 1, "stream": 1, "stdout": int(stdout), "stderr": int(stderr)}
             raw = self.api.attach_socket(container_id, params=params)
             sock = getattr(raw, "_sock", raw)
+            if sock is not raw:
+                raw.close()  # drop the file wrapper's reference; sock.close() then frees the fd
             sock.settimeout(None)  # a job may be silent for hours
             return sock
 
