@@ -75,7 +75,7 @@ class Engine:
 
     def ensure_image(self, ref: str, pull: str) -> None:
         """Make sure the pinned image is present, pulling it once per node if allowed."""
-        with _translate("find its image", image=ref):
+        with _translate("find its image", ref=ref):
             try:
                 self.api.inspect_image(ref)
                 return

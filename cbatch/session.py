@@ -184,7 +184,7 @@ class Session:
             shell = self.job.argv[0]
             raise PolicyDenied(f"the image has no {shell} (the job's shell) or it cannot "
                                "run there; choose another image or shell (qsub -S)",
-                               init_error=self.init_failure, exit_code=status)
+                               init_error=self.init_failure.strip(), exit_code=status)
         signum = status - 128 if status > 128 and status - 128 in self.relayed else None
         message = None
         if state.get("OOMKilled"):
@@ -232,8 +232,10 @@ class Session:
                     return
                 stream, size = _DOCKER_HEADER.unpack(head)
                 data = _read_exact(attach, size)
-                if stream == 2 and data.startswith(_INIT_FAILURE) and self.init_failure is None:
-                    self.init_failure = data.decode("utf-8", "replace").strip()
+                if stream == 2 and (self.init_failure is not None or data.startswith(_INIT_FAILURE)):
+                    # the init's message may come in several writes; the job never ran
+                    text = (self.init_failure or "") + data.decode("utf-8", "replace")
+                    self.init_failure = text[:4096]
                     continue
                 kind = kinds.get(stream)
                 for i in range(0, len(data), protocol.MAX_PAYLOAD):

@@ -230,3 +230,11 @@ def test_suspend_stops_the_job_and_resume_continues_it(submit, daemon):
     job.command("resume")
     assert job.wait(60) == 0
     assert job.output()[0].split() == [str(i) for i in range(1, 201)]
+
+
+def test_tmpdir_is_mounted_when_it_is_the_users_own(run, test_user):
+    result = run("#!/bin/bash\ntouch $TMPDIR/x && echo tmp-ok $TMPDIR\n", tmpdir=True)
+    assert result.out == f"tmp-ok {result.job.paths['tmpdir']}\n", result.err
+    foreign = run("#!/bin/bash\nls $TMPDIR 2>/dev/null | head -1; echo done\n",
+                  job_env={"TMPDIR": "/root"})
+    assert foreign.out == "done\n"  # /root is not the user's: not mounted, not visible

@@ -1,0 +1,76 @@
+"""The admin CLI and the demo, as an admin runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import make_daemon
+
+pytestmark = [pytest.mark.docker, pytest.mark.harness]
+SAMPLE = Path(__file__).parents[2] / "etc" / "cbatch.yaml"
+
+
+def cbatch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cbatch.admin", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_check_config_accepts_the_sample_and_names_errors(tmp_path):
+    ok = cbatch("--config", str(SAMPLE), "check-config")
+    assert ok.returncode == 0 and "ok (2 images, default el9" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("container:\n  network: overlay\n")
+    result = cbatch("--config", str(bad), "check-config")
+    assert result.returncode == 1
+    assert result.stderr == ("cbatch: configuration error at container.network (line 2): must "
+                             "be one of host, bridge, none, not 'overlay'\n")
+
+
+def test_demo_runs_a_job_through_starter_daemon_and_docker(test_user):
+    result = cbatch("demo", "--user", test_user.pw_name)
+    assert result.returncode == 0, result.stderr
+    assert "hello from job 1.demo" in result.stdout
+    assert f"user: uid={test_user.pw_uid}(cbtest1)" in result.stdout
+    assert "cwd:  /home/cbtest1   umask: 0077   args: first second" in result.stdout
+    assert "exit_status=3" in result.stdout
+
+
+def test_health_is_silent_when_good_and_one_error_line_when_not(daemon):
+    good = cbatch("--config", str(daemon.config_path), "health", "--min-free-gb", "0")
+    assert (good.returncode, good.stdout) == (0, "")
+    stopped = cbatch("--config", str(daemon.root / "none.yaml"), "health")
+    assert stopped.stdout.startswith("ERROR cbatch: configuration error")
+    assert stopped.stdout.count("\n") == 1
+
+
+def test_health_reports_a_missing_default_image(image_ids, site_dirs, test_user):
+    d = make_daemon(image_ids, site_dirs)
+    settings = dict(d.settings)
+    settings["images"] = {"default": "gone", "aliases": {"gone": {"ref": "sha256:" + "0" * 64}}}
+    d.write_config(settings)
+    d.start()
+    try:
+        result = cbatch("--config", str(d.config_path), "health", "--min-free-gb", "0")
+        assert result.stdout.startswith("ERROR cbatch: default image gone (sha256:000")
+    finally:
+        d.cleanup()
+
+
+def test_missing_image_is_a_node_side_failure_for_the_job(image_ids, site_dirs, test_user, run):
+    d = make_daemon(image_ids, site_dirs)
+    settings = dict(d.settings)
+    settings["images"]["aliases"]["gone"] = {"ref": "sha256:" + "0" * 64}
+    d.write_config(settings)
+    d.start()
+    try:
+        result = run("#!/bin/bash\n#CBATCH image=gone\necho ran\n", d=d)
+        assert result.status == 125 and result.out == ""
+        assert result.err.startswith("cbatch: the job's image is not available on this node")
+        record = d.wait_for_event("job_failed", job_id=result.job.spec.job_id)
+        assert record["error"] == "ImageUnavailable" and record["image"] == "gone"
+    finally:
+        d.cleanup()
