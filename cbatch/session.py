@@ -57,7 +57,10 @@ class Session:
             self.conn.settimeout(REQUEST_TIMEOUT_S)
             header, payload = self._read_request(fds)
             job = self._prove(header, payload)
-            self._launch(job, fds)
+            if header.get("resume"):
+                self._resume(job)
+            else:
+                self._launch(job, fds)
             status = self._supervise(self.plan)
             self._finish(status, started)
         except CbatchError as exc:
@@ -137,6 +140,30 @@ class Session:
         self.log.info("container_started", stdout=plan.stdout.mode, stderr=plan.stderr.mode)
         self._attach = attach
         self._feed_stdin(attach, job.stdin)
+
+    def _resume(self, job: torque.Job) -> None:
+        """Re-adopt a running job's container after a daemon restart.
+
+        The starter proves itself as any job does; its container must carry its very pid
+        and start time. Output written to the job's files never stopped; streamed output
+        resumes from now.
+        """
+        self.engine = self.engine_factory()
+        existing = self.engine.find(job.container_name) or {}
+        labels = existing.get("Labels") or {}
+        if (labels.get("cbatch.starter_pid") != str(job.peer.pid)
+                or labels.get("cbatch.starter_start") != str(job.peer.start_ticks)):
+            raise ContainerFailed("cbatchd restarted and found no container of this job to "
+                                  "resume; the job's end is unknown; tell your admin")
+        self.container_id = existing["Id"]
+        self.log = self.log.bind(container_id=self.container_id[:12],
+                                 image=labels.get("cbatch.image"))
+        self.conn.settimeout(None)
+        try:
+            self._attach = self.engine.attach(self.container_id, stdout=True, stderr=True)
+        except CbatchError:  # it ended while the daemon was away: nothing left to stream
+            self._attach = _closed_socket()
+        self.log.info("job_resumed")
 
     def _create(self, container: spec.ContainerSpec) -> str:
         """Create the job's container; a stale one of the same job (requeue) is replaced."""
@@ -296,6 +323,12 @@ class Session:
             return True
         except OSError:
             return False
+
+
+def _closed_socket() -> socket.socket:
+    a, b = socket.socketpair()
+    b.close()
+    return a
 
 
 def _read_exact(sock: socket.socket, size: int) -> bytes:

@@ -13,6 +13,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 
 from cbatch import protocol
 
@@ -22,6 +23,7 @@ DEFAULT_SOCKET = "/run/cbatch/cbatchd.sock"
 EXIT_NODE_FAILURE = 125
 EXIT_REFUSED = 126
 MAX_STDIN = 64 * 1024
+RECONNECT_S = 120.0  # how long a running job waits for a restarting cbatchd
 STDIN_TIMEOUT_S = 30.0
 
 
@@ -112,6 +114,41 @@ def run(argv: list[str]) -> tuple[int, int | None, str | None]:
                       v=protocol.VERSION, argv=argv, tty=tty)
     except OSError as exc:
         raise StarterError(f"lost the connection to cbatchd ({exc}); the job did not run") from None
+    while True:
+        try:
+            return _follow(sock, wake_r)
+        except _Disconnected:
+            sock.close()
+            sock = _reconnect(argv, stdin)
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def _reconnect(argv: list[str], stdin: bytes) -> socket.socket:
+    """The daemon restarted under a running job: wait for it and ask to resume."""
+    try:
+        patience = float(os.environ.get("CBATCH_RECONNECT_S", RECONNECT_S))
+    except ValueError:
+        patience = RECONNECT_S
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            sock = _connect()
+            protocol.send(sock, protocol.KIND_REQUEST, stdin, v=protocol.VERSION, argv=argv,
+                          tty=False, resume=True)
+            return sock
+        except (StarterError, OSError):
+            if time.monotonic() > deadline:
+                raise StarterError("lost the connection to cbatchd while the job ran and it "
+                                   f"did not come back within {patience:.0f} s; the job's end "
+                                   "is unknown; tell your admin") from None
+            time.sleep(0.25)
+
+
+def _follow(sock: socket.socket, wake_r: socket.socket) -> tuple[int, int | None, str | None]:
+    """Copy output and relay signals until the daemon reports the job's end."""
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "daemon")
     selector.register(wake_r, selectors.EVENT_READ, "signal")
@@ -127,8 +164,7 @@ def run(argv: list[str]) -> tuple[int, int | None, str | None]:
             try:
                 header, payload = protocol.recv(sock)
             except (protocol.PeerClosed, protocol.ProtocolError, OSError):
-                raise StarterError("lost the connection to cbatchd while the job ran; the "
-                                   "job's end is unknown; tell your admin") from None
+                raise _Disconnected() from None
             kind = header.get("t")
             if kind == protocol.KIND_STDOUT:
                 _write_all(1, payload)

@@ -36,15 +36,32 @@ def test_root_jobs_are_refused_by_default(daemon):
     assert proc.stderr.startswith("cbatch: jobs of uid 0 may not run in containers")
 
 
-def test_killed_daemon_fails_the_job_cleanly_and_restart_removes_the_orphan(fresh_daemon, submit, api):
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_daemon_restart_under_a_running_job_loses_nothing(fresh_daemon, submit, api, how):
+    """Crash (KILL) or systemctl restart (TERM): the job goes on, every line once, in order."""
     fresh_daemon.start()
-    job = submit("#!/bin/bash\necho started\nsleep 300\n", d=fresh_daemon)
+    script = "#!/bin/bash\nfor ((i=1; i<=300; i++)); do echo $i; sleep 0.01; done\nexit 5\n"
+    job = submit(script, d=fresh_daemon)
+    fresh_daemon.wait_for_event("container_started", job_id=job.spec.job_id)
+    time.sleep(0.5)
+    fresh_daemon.stop(how)
+    time.sleep(1)
+    fresh_daemon.start()
+    assert job.wait(60) == 5
+    out, err = job.output()
+    assert out.split() == [str(i) for i in range(1, 301)] and err == ""
+    fresh_daemon.wait_for_event("job_resumed", job_id=job.spec.job_id)
+    fresh_daemon.wait_for_event("container_removed", job_id=job.spec.job_id)
+    assert not api.containers(all=True, filters={"label": f"cbatch.job_id={job.spec.job_id}"})
+
+
+def test_orphan_of_a_dead_starter_is_removed_when_the_daemon_starts(fresh_daemon, submit, api):
+    fresh_daemon.start()
+    job = submit("#!/bin/bash\nsleep 300\n", d=fresh_daemon)
     fresh_daemon.wait_for_event("container_started", job_id=job.spec.job_id)
     fresh_daemon.stop(signal.SIGKILL)
-    assert job.wait(30) == 125
-    out, err = job.output()
-    assert out == "started\n"
-    assert err.startswith("cbatch: lost the connection to cbatchd") and err.count("\n") == 1
+    os.kill(job.starter_pid, signal.SIGKILL)  # pbs_mom's SIGKILL while no daemon listens
+    assert job.wait(30) == 256 + signal.SIGKILL
     label = {"label": f"cbatch.job_id={job.spec.job_id}"}
     assert api.containers(all=True, filters=label), "the container outlives a daemon crash"
     fresh_daemon.start()

@@ -60,12 +60,13 @@ class FakeDaemon:
 def launch(tmp_path):
     path = momsim.install_starter(tmp_path / "starter")
 
-    def _launch(replies, stdin=b"/x/jobs/1.vm.SC\n", socket_path=None, **kwargs):
+    def _launch(replies, stdin=b"/x/jobs/1.vm.SC\n", socket_path=None, env=(), **kwargs):
         sock = tmp_path / "d.sock"
         daemon = FakeDaemon(sock, replies, **kwargs)
         proc = subprocess.Popen([str(path), "/bin/bash"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={"CBATCH_SOCKET": str(socket_path or sock), "PATH": "/bin"})
+                                env={"CBATCH_SOCKET": str(socket_path or sock), "PATH": "/bin",
+                                     **dict(env)})
         proc.stdin.write(stdin)
         proc.stdin.close()
         return daemon, proc
@@ -121,9 +122,11 @@ def test_daemon_unreachable_is_node_failure(launch, tmp_path):
     assert err.startswith(b"cbatch: cannot reach cbatchd") and err.count(b"\n") == 1
 
 
-def test_daemon_vanishing_mid_job_is_one_line(launch):
-    daemon, proc = launch([("stdout", b"partial\n", {})])
+def test_daemon_vanishing_mid_job_is_one_line_after_waiting_for_it(launch):
+    daemon, proc = launch([("stdout", b"partial\n", {})], env={"CBATCH_RECONNECT_S": "1"})
+    started = time.monotonic()
     status, out, err = finish(proc)
+    assert time.monotonic() - started >= 1
     assert (status, out) == (125, b"partial\n")
-    assert err == (b"cbatch: lost the connection to cbatchd while the job ran; the job's end "
-                   b"is unknown; tell your admin\n")
+    assert err == (b"cbatch: lost the connection to cbatchd while the job ran and it did not "
+                   b"come back within 1 s; the job's end is unknown; tell your admin\n")
