@@ -35,10 +35,6 @@ class Plan:
     binds: tuple[Bind, ...]
     placeholders: list[Path]
 
-    @property
-    def streams(self) -> bool:
-        return "stream" in (self.stdout.mode, self.stderr.mode)
-
     def release(self) -> None:
         """Drop the host-side placeholders (the container keeps its own mounts)."""
         for path in self.placeholders:

@@ -61,8 +61,3 @@ class Server:
         finally:
             with self.lock:
                 self.threads.discard(threading.current_thread())
-
-    @property
-    def active(self) -> int:
-        with self.lock:
-            return len(self.threads)
