@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -28,29 +29,38 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask_daemon(args: argparse.Namespace, **request: object) -> dict:
+    """One admin request to cbatchd (root or the admin group)."""
+    from cbatch import protocol
+    cfg = config.load(args.config)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        try:
+            sock.connect(str(cfg.socket_path))
+            protocol.send(sock, protocol.KIND_ADMIN, **request)
+            header, _ = protocol.recv(sock)
+        except (OSError, protocol.ProtocolError, protocol.PeerClosed) as exc:
+            raise CbatchError(f"cannot talk to cbatchd on {cfg.socket_path}: {exc}") from exc
+    if header.get("t") == protocol.KIND_ERROR:
+        raise CbatchError(str(header.get("message")))
+    return header
+
+
 def ps(args: argparse.Namespace) -> int:
-    engine = _engine()
-    rows = [("JOB", "TASK", "USER", "IMAGE", "STATE", "CONTAINER", "STARTER")]
-    for c in engine.containers():
-        labels = c.get("Labels") or {}
-        rows.append((labels.get("cbatch.job_id", "?"), labels.get("cbatch.task", "?"),
-                     labels.get("cbatch.user", "?"), labels.get("cbatch.image", "?"),
-                     c.get("State", "?"), c["Id"][:12], labels.get("cbatch.starter_pid", "?")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    reply = _ask_daemon(args, op="ps")
+    keys = ("job_id", "task", "user", "image", "state", "container_id", "starter_pid")
+    rows = [tuple(k.upper().replace("_ID", "").replace("STARTER_PID", "STARTER") for k in keys)]
+    rows += [tuple(str(c.get(k, "?")) for k in keys) for c in reply.get("containers", [])]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(keys))]
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     return 0
 
 
 def kill(args: argparse.Namespace) -> int:
-    engine = _engine()
-    found = engine.containers(job_id=args.job_id)
-    if not found:
-        print(f"cbatch: no container for job {args.job_id} on this node", file=sys.stderr)
-        return 1
-    for c in found:
-        engine.kill(c["Id"], args.signal)
-        print(f"signalled {c['Id'][:12]} ({args.job_id}) with {args.signal}")
+    signum = signal.Signals[args.signal if args.signal.startswith("SIG") else "SIG" + args.signal]
+    reply = _ask_daemon(args, op="kill", job_id=args.job_id, signal=int(signum))
+    print(f"sent {reply['signal']} to {reply['count']} container(s) of job {args.job_id}")
     return 0
 
 

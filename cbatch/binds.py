@@ -11,11 +11,17 @@ import dataclasses
 import os
 from pathlib import Path
 
-from cbatch.errors import ContainerFailed
+from cbatch.errors import ContainerFailed, PolicyDenied
 from cbatch.policy import Decision
 from cbatch.torque import Job
 
 NODE_FILES = ("PBS_NODEFILE", "PBS_GPUFILE", "PBS_MICFILE")
+# A job's own folders (cwd, home, TMPDIR) never bring these into its container: the
+# system's files, runtime sockets (the Docker socket lives under /run) and logs.
+SYSTEM_TREES = tuple(Path(p) for p in (
+    "/proc", "/sys", "/dev", "/run", "/var/run", "/etc", "/boot", "/usr", "/bin", "/sbin",
+    "/lib", "/lib32", "/lib64", "/libx32", "/var/lib", "/var/log", "/var/cache", "/root"))
+SYSTEM_ROOTS = (Path("/"), Path("/var"))
 NSS_FILES = (Path("/etc/passwd"), Path("/etc/group"))
 
 
@@ -45,20 +51,36 @@ def resolve(job: Job, decision: Decision, torque_home: Path) -> tuple[Bind, ...]
         elif not mount.optional:
             raise ContainerFailed(f"the site folder {mount.path} is missing on this node; "
                                   "the job can be requeued elsewhere", path=str(mount.path))
-    if job.home.is_dir() and job.home != Path("/"):
-        add(Path(os.path.realpath(job.home)), job.home, False)
-    if job.cwd != Path("/") and job.cwd.is_dir() and not _inside(job.cwd, binds):
-        add(job.cwd, job.cwd, False)
+    home = Path(os.path.realpath(job.home))
+    if home.is_dir() and is_job_path(home, decision.workdir_roots, torque_home):
+        add(home, job.home, False)
+    cwd = Path(os.path.realpath(job.cwd))
+    if not is_job_path(cwd, decision.workdir_roots, torque_home):
+        roots = ", ".join(str(r) for r in decision.workdir_roots)
+        raise PolicyDenied(f"the job's working directory {job.cwd} cannot be used in its "
+                           f"container; submit from a directory under {roots} (not a system "
+                           "folder)", cwd=str(job.cwd))
+    if cwd.is_dir() and not _inside(cwd, binds):
+        add(cwd, job.cwd, False)
     aux = Path(os.path.realpath(torque_home / "aux"))
     for name in NODE_FILES:
         path = job.env.get(name)
         if path and Path(os.path.realpath(path)).parent == aux and Path(path).is_file():
             add(Path(os.path.realpath(path)), Path(os.path.normpath(path)), True)
     tmpdir = _own_tmpdir(job)
-    if tmpdir and not _inside(tmpdir, binds):
+    if tmpdir and is_job_path(tmpdir, decision.workdir_roots, torque_home) \
+            and not _inside(tmpdir, binds):
         add(tmpdir, tmpdir, False)
     add(job.script, job.script, True)  # read-only: the job runs it, never edits it
     return tuple(sorted(binds.values(), key=lambda b: (len(b.target.parts), str(b.target))))
+
+
+def is_job_path(path: Path, roots: tuple[Path, ...], torque_home: Path) -> bool:
+    """May a job's own folder (resolved) be bind-mounted into its container?"""
+    if path in SYSTEM_ROOTS or not any(path == r or r in path.parents for r in roots):
+        return False
+    forbidden = (*SYSTEM_TREES, Path(os.path.realpath(torque_home)))
+    return not any(path == t or t in path.parents for t in forbidden)
 
 
 def _inside(path: Path, binds: dict[Path, Bind]) -> bool:

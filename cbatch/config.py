@@ -57,11 +57,13 @@ class Config:
     socket_mode: int = 0o666
     socket_group: str | None = None
     admin_group: str | None = None
+    request_timeout_s: float = 10.0
     torque_home: Path = Path("/var/spool/torque")
     require_pbs_mom_parent: bool = True
     allow_root: bool = False
     min_uid: int = 1000
     drop_env: tuple[str, ...] = ()
+    workdir_roots: tuple[Path, ...] = (Path("/"),)
     default_image: str = ""
     pull: str = "never"
     images: tuple[Image, ...] = ()
@@ -169,6 +171,14 @@ def _absolute(sec: _Section, key: str, default: str | None) -> Path | None:
     return Path(value)
 
 
+def _roots(sec: _Section, key: str) -> tuple[Path, ...]:
+    roots = sec.names(key) or ("/",)
+    for root in roots:
+        if not root.startswith("/"):
+            raise sec.fail(key, f"must list absolute paths, not {root!r}")
+    return tuple(Path(r) for r in roots)
+
+
 def _mode(sec: _Section, key: str, default: int) -> int:
     value = sec.get(key, (int, str), default)
     try:
@@ -196,11 +206,13 @@ def parse(data: Any, source: Path | None = None) -> Config:
         socket_mode=_mode(sock, "mode", d.socket_mode),
         socket_group=sock.get("group", str, None),
         admin_group=sock.get("admin_group", str, None),
+        request_timeout_s=float(sock.get("request_timeout_s", (int, float), 10.0)),
         torque_home=_absolute(torque, "home", str(d.torque_home)),
         require_pbs_mom_parent=torque.get("require_pbs_mom_parent", bool, True),
         allow_root=jobs.get("allow_root", bool, False),
         min_uid=jobs.get("min_uid", int, d.min_uid),
         drop_env=jobs.names("drop_env"),
+        workdir_roots=_roots(jobs, "workdir_roots"),
         pull=images.choice("pull", PULL_POLICIES, d.pull),
         network=container.choice("network", NETWORK_MODES, d.network),
         pids_limit=container.get("pids_limit", int, d.pids_limit),
@@ -209,6 +221,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
         log_level=logging_.choice("level", ("debug", "info", "warning", "error"), d.log_level),
         source=source,
     )
+    if not 0.1 <= fields["request_timeout_s"] <= 300:
+        raise sock.fail("request_timeout_s", "must be between 0.1 and 300 seconds")
     if fields["pids_limit"] < 16:
         raise container.fail("pids_limit", "must be at least 16")
 

@@ -54,6 +54,10 @@ class PolicyDenied(RequestError):
     pass
 
 
+class AdminRefused(RequestError):
+    pass
+
+
 class ConfigError(CbatchError):
     def __init__(self, path: str, problem: str, line: int | None = None) -> None:
         where = f"{path} (line {line})" if line else path

@@ -97,7 +97,7 @@ def paths(spec: JobSpec) -> dict[str, Path]:
     err = out_dir / (f"{spec.job_name}.e{seq}" if spec.keep else f"{spec.prefix}.ER")
     return {"script": home / "mom_priv" / "jobs" / f"{spec.prefix}.SC",
             "nodefile": home / "aux" / spec.job_id, "out": out, "err": err if not spec.join else out,
-            "tmpdir": home / "tmp" / spec.job_id}
+            "tmpdir": Path("/tmp/pbstmp") / spec.job_id}  # as $tmpdir /tmp/pbstmp
 
 
 def stage(spec: JobSpec) -> dict[str, Path]:
@@ -114,6 +114,7 @@ def stage(spec: JobSpec) -> dict[str, Path]:
     os.chown(p["script"], entry.pw_uid, entry.pw_gid)
     p["nodefile"].write_text("".join(f"{os.uname().nodename}\n" for _ in range(spec.ppn)))
     if spec.tmpdir:
+        p["tmpdir"].parent.mkdir(mode=0o1777, exist_ok=True)
         p["tmpdir"].mkdir(mode=0o755, exist_ok=True)
         os.chown(p["tmpdir"], entry.pw_uid, entry.pw_gid)
     return p
@@ -363,6 +364,7 @@ class MomJob:
         self._close_pipes()
         for key in ("script", "nodefile", "out", "err"):
             self.paths[key].unlink(missing_ok=True)
+        shutil.rmtree(self.paths["tmpdir"], ignore_errors=True)
 
 
 def _main() -> None:

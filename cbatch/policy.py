@@ -6,6 +6,7 @@ No Docker, no filesystem: the caller passes the job's group names in.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from cbatch.config import Audience, Config, Image, SiteMount
 from cbatch.directives import Directives
@@ -20,6 +21,7 @@ class Decision:
     pids_limit: int
     memory_limit: bool  # turn the job's RSS rlimit (from mem/pmem) into a cgroup limit
     drop_env: tuple[str, ...]
+    workdir_roots: tuple[Path, ...] = (Path("/"),)
 
 
 def admits(audience: Audience, user: str, group_names: frozenset[str], queue: str) -> bool:
@@ -53,4 +55,4 @@ def decide(cfg: Config, user: str, group_names: frozenset[str], queue: str,
     mounts = tuple(m for m in cfg.mounts if admits(m.audience, user, group_names, queue))
     return Decision(image=image, site_mounts=mounts, network=cfg.network,
                     pids_limit=cfg.pids_limit, memory_limit=cfg.memory_from_rlimit,
-                    drop_env=cfg.drop_env)
+                    drop_env=cfg.drop_env, workdir_roots=cfg.workdir_roots)

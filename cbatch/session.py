@@ -18,13 +18,13 @@ from typing import Callable
 
 import structlog
 
+from cbatch import adminops as admin
 from cbatch import binds, directives, outputs, peer, policy, procs, protocol, spec, torque
 from cbatch.config import Config
 from cbatch.engine import Engine
 from cbatch.errors import CbatchError, ContainerFailed, EXIT_NODE_FAILURE, NotATorqueJob
-from cbatch.errors import PolicyDenied, ProtocolError
+from cbatch.errors import AdminRefused, PolicyDenied, ProtocolError
 
-REQUEST_TIMEOUT_S = 10.0
 SUSPEND_WATCH_S = 10.0  # pbs_mom sends STOP 5 s after TSTP when suspending (qsig -s suspend)
 RELAYED = frozenset(int(s) for s in protocol.RELAYED_SIGNALS)
 _DOCKER_HEADER = struct.Struct(">BxxxI")
@@ -54,8 +54,11 @@ class Session:
         started = time.monotonic()
         fds: list[int] = []
         try:
-            self.conn.settimeout(REQUEST_TIMEOUT_S)
+            self.conn.settimeout(self.cfg.request_timeout_s)
             header, payload = self._read_request(fds)
+            if header["t"] == protocol.KIND_ADMIN:
+                self._admin(header)
+                return
             job = self._prove(header, payload)
             if header.get("resume"):
                 self._resume(job)
@@ -88,6 +91,8 @@ class Session:
             raise ProtocolError("the starter closed the connection before its request") from None
         except (protocol.ProtocolError, socket.timeout, OSError) as exc:
             raise ProtocolError(f"bad request from cbatch-starter: {exc}") from exc
+        if header.get("t") == protocol.KIND_ADMIN:
+            return header, payload
         if header.get("t") != protocol.KIND_REQUEST:
             raise ProtocolError(f"expected a request, got {str(header.get('t'))[:40]!r}")
         if header.get("v") != protocol.VERSION:
@@ -140,6 +145,20 @@ class Session:
         self.log.info("container_started", stdout=plan.stdout.mode, stderr=plan.stderr.mode)
         self._attach = attach
         self._feed_stdin(attach, job.stdin)
+
+    def _admin(self, header: dict) -> None:
+        """ps and kill for uid 0 and the admin group; refused for everyone else."""
+        try:
+            who = peer.credentials(self.conn)
+        except OSError as exc:
+            raise ProtocolError("the admin client went away") from exc
+        self.log = self.log.bind(peer_pid=who.pid, uid=who.uid, op=str(header.get("op"))[:20])
+        if not admin.is_admin(self.cfg, who):
+            raise AdminRefused("admin operations are for root and the admin group only")
+        self.engine = self.engine_factory()
+        reply = admin.handle(self.engine, header)
+        self.log.info("admin_operation", **{k: v for k, v in reply.items() if k != "containers"})
+        self._send(protocol.KIND_REPLY, **reply)
 
     def _resume(self, job: torque.Job) -> None:
         """Re-adopt a running job's container after a daemon restart.

@@ -7,6 +7,7 @@ import itertools
 import os
 import shutil
 import time
+from pathlib import Path
 
 import docker
 import pytest
@@ -45,7 +46,9 @@ def test_user():
 
 @pytest.fixture(scope="session")
 def image_ids(api):
-    ids = {"alpha": images.build(api, "alpha"), "beta": images.build(api, "beta")}
+    # alpha carries a setuid-root copy of id: the hardening must keep it from giving root
+    suid = {"/usr/bin/suid-id": (Path("/usr/bin/id").read_bytes(), 0o4755)}
+    ids = {"alpha": images.build(api, "alpha", suid), "beta": images.build(api, "beta")}
     yield ids
     for release in ids:
         images.remove(api, release)
@@ -93,8 +96,9 @@ def job_spec(d: DaemonUnderTest, script: str, **kwargs) -> momsim.JobSpec:
     number = next(_ids)
     job_id = kwargs.pop("job_id", f"{number}{int(time.time() * 1000) % 100000}.vm")
     mom_env = {"CBATCH_SOCKET": str(d.socket), **kwargs.pop("mom_env", {})}
+    kwargs.setdefault("starter", d.starter)
     return momsim.JobSpec(user=USER, job_id=job_id, torque_home=str(d.torque_home),
-                          script=script, starter=d.starter, mom_env=mom_env, **kwargs)
+                          script=script, mom_env=mom_env, **kwargs)
 
 
 @pytest.fixture

@@ -74,3 +74,27 @@ def test_missing_image_is_a_node_side_failure_for_the_job(image_ids, site_dirs, 
         assert record["error"] == "ImageUnavailable" and record["image"] == "gone"
     finally:
         d.cleanup()
+
+
+def test_ps_and_kill_through_the_daemon_for_root(submit, daemon):
+    job = submit("#!/bin/bash\nsleep 60\n")
+    daemon.wait_for_event("container_started", job_id=job.spec.job_id)
+    listing = cbatch("--config", str(daemon.config_path), "ps")
+    assert listing.returncode == 0, listing.stderr
+    line = next(line for line in listing.stdout.splitlines() if line.startswith(job.spec.job_id))
+    assert "cbtest1" in line and "alpha" in line and "running" in line
+    killed = cbatch("--config", str(daemon.config_path), "kill", job.spec.job_id, "--signal", "TERM")
+    assert killed.returncode == 0 and "sent SIGTERM to 1 container" in killed.stdout
+    assert job.wait(30) == 143  # the job's shell died of a TERM that pbs_mom did not send
+
+
+def test_admin_operations_are_refused_to_job_users(daemon, test_user):
+    code = ("import socket, sys; from cbatch import protocol; s = socket.socket(socket.AF_UNIX); "
+            f"s.connect({str(daemon.socket)!r}); protocol.send(s, 'admin', op='ps'); "
+            "print(protocol.recv(s)[0])")
+    result = subprocess.run(["setpriv", f"--reuid={test_user.pw_uid}", f"--regid={test_user.pw_gid}",
+                             "--init-groups", "/usr/bin/python3", "-c", code], capture_output=True,
+                            text=True, cwd=str(daemon.root / "starter"), timeout=30)
+    assert "admin operations are for root and the admin group only" in result.stdout, result.stderr
+    record = daemon.wait_for_event("job_refused", error="AdminRefused", uid=test_user.pw_uid)
+    assert record["op"] == "ps"

@@ -188,19 +188,6 @@ def test_file_size_rlimit_applies_inside(run):
     assert "status=153" in result.out  # SIGXFSZ, as -l file=1kb does natively
 
 
-def test_cbatch_ps_lists_running_job(submit, daemon, tmp_path):
-    import subprocess
-    import sys
-    job = submit("#!/bin/bash\nsleep 30\n")
-    daemon.wait_for_event("container_started", job_id=job.spec.job_id)
-    listing = subprocess.run([sys.executable, "-m", "cbatch.admin", "ps"], capture_output=True,
-                             text=True, check=True).stdout
-    line = next(line for line in listing.splitlines() if line.startswith(job.spec.job_id))
-    assert "cbtest1" in line and "alpha" in line and "running" in line
-    job.qdel(0.5)
-    job.wait(30)
-
-
 def test_output_streams_through_the_starter_when_fds_are_pipes(run):
     script = "#!/bin/bash\necho out1\necho err1 >&2\nsleep 1\necho out2\n"
     result = run(script, pipe_output=True)

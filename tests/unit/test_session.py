@@ -1,0 +1,68 @@
+"""A job session with a fake engine: what the starter receives and what the admin reads."""
+
+import socket
+import threading
+
+import pytest
+from structlog.testing import capture_logs
+
+from cbatch import config, protocol, session, torque
+from tests.unit.factories import DIGEST, make_job
+
+
+class BrokenEngine:
+    """An engine whose create has a bug (not a CbatchError)."""
+
+    def __init__(self):
+        self.closed = False
+
+    def ensure_image(self, ref, pull):
+        pass
+
+    def create(self, spec):
+        raise RuntimeError("/secret/host/path exploded")
+
+    def close(self):
+        self.closed = True
+
+
+def run_session(mocker, engine, job):
+    mocker.patch.object(torque, "verify", return_value=job)
+    mocker.patch.object(session.peer, "credentials",
+                        return_value=job.peer)
+    cfg = config.parse({"images": {"default": "el9", "aliases": {"el9": {"ref": DIGEST}}}})
+    daemon_end, starter_end = socket.socketpair()
+    s = session.Session(daemon_end, cfg, engine_factory=lambda: engine)
+    protocol.send(starter_end, protocol.KIND_REQUEST, b"x\n", v=protocol.VERSION,
+                  argv=["/bin/bash"], tty=False)
+    with capture_logs() as logs:
+        thread = threading.Thread(target=s.run)
+        thread.start()
+        header, _ = protocol.recv(starter_end)
+        thread.join(5)
+    starter_end.close()
+    return header, logs
+
+
+def test_internal_error_gives_an_incident_id_and_no_host_details(mocker, tmp_path):
+    engine = BrokenEngine()
+    job = make_job(home=tmp_path, cwd=tmp_path, env={})
+    header, logs = run_session(mocker, engine, job)
+    assert header["t"] == "error" and header["status"] == 125
+    message = header["message"]
+    assert message.startswith("internal error in cbatchd on ") and "incident" in message
+    assert "/secret" not in message and "Traceback" not in message and "\n" not in message
+    record = next(r for r in logs if r["event"] == "internal_error")
+    assert record["incident"] in message and record["job_id"] == "12.vm"
+    assert record["user"] == "alice" and record["image"] == "el9" and record["exc_info"]
+    assert engine.closed
+
+
+def test_refused_directive_is_one_error_frame_and_one_record(mocker, tmp_path):
+    job = make_job(home=tmp_path, cwd=tmp_path, env={}, script_text="#!/bin/bash\n#CBATCH x=1\n")
+    header, logs = run_session(mocker, BrokenEngine(), job)
+    assert header == {"t": "error", "status": 126, "message":
+                      "bad #CBATCH directive on line 2 of the job script: unknown key 'x'; "
+                      "known keys: image"}
+    record = next(r for r in logs if r["event"] == "job_refused")
+    assert record["error"] == "DirectiveError" and record["line"] == 2 and record["uid"] == 1001
