@@ -116,3 +116,43 @@ def test_daemon_serves_a_real_job_after_the_fuzzing(fuzz_daemon, run, api):
     threads = int(subprocess.run(["ps", "-o", "nlwp=", "-p", str(fuzz_daemon.proc.pid)],
                                  capture_output=True, text=True).stdout)
     assert threads <= 4, f"{threads} threads left after the fuzzing"
+
+
+FORGER = """#!/usr/bin/python3 -I
+import os, sys
+sys.path.insert(0, {folder!r})
+from cbatch import protocol
+import socket
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(os.environ["CBATCH_SOCKET"])
+stdin = sys.stdin.buffer.read()
+protocol.send(sock, "request", stdin, fds=[1, 2], v=protocol.VERSION, argv=sys.argv[1:],
+              tty=False, uid=0, gid=0, user="root", groups=[0], job_id="1.other",
+              image="beta", mounts=["/etc/shadow"], privileged=True)
+while True:
+    header, payload = protocol.recv(sock)
+    if header["t"] in ("exit", "error"):
+        os._exit(header["status"])
+"""
+
+
+def test_identity_and_options_claimed_by_the_request_are_ignored(daemon, run, test_user):
+    forger = daemon.root / "forger"
+    forger.write_text(FORGER.format(folder=str(daemon.root / "starter")))
+    os.chmod(forger, 0o755)
+    result = run("#!/bin/bash\nid -u\ncat /etc/os-release | head -1\ntest -e /etc/shadow || echo no-shadow\n",
+                 starter=str(forger))
+    assert result.out == f"{test_user.pw_uid}\nID=alpha\nno-shadow\n", result.err
+
+
+def test_socket_has_the_configured_mode_and_group(image_ids, site_dirs, test_user):
+    import grp
+    import stat
+    d = make_daemon(image_ids, site_dirs, socket={"mode": "0660", "group": "cbtestg2"})
+    d.start()
+    try:
+        st = os.stat(d.socket)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+        assert (st.st_uid, st.st_gid) == (0, grp.getgrnam("cbtestg2").gr_gid)
+    finally:
+        d.cleanup()
