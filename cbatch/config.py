@@ -70,6 +70,7 @@ class Config:
     mounts: tuple[SiteMount, ...] = ()
     network: str = "host"
     pids_limit: int = 4096
+    engine_retry_s: float = 60.0
     memory_from_rlimit: bool = True
     log_format: str = "json"
     log_level: str = "info"
@@ -216,6 +217,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         pull=images.choice("pull", PULL_POLICIES, d.pull),
         network=container.choice("network", NETWORK_MODES, d.network),
         pids_limit=container.get("pids_limit", int, d.pids_limit),
+        engine_retry_s=float(container.get("engine_retry_s", (int, float), d.engine_retry_s)),
         memory_from_rlimit=container.get("memory_from_rlimit", bool, True),
         log_format=logging_.choice("format", LOG_FORMATS, d.log_format),
         log_level=logging_.choice("level", ("debug", "info", "warning", "error"), d.log_level),

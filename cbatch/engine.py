@@ -6,6 +6,7 @@ Every docker/requests exception is translated here, once, into an EngineError.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 from typing import Iterator
@@ -63,7 +64,9 @@ class Engine:
 
     def __init__(self, base_url: str | None = None, timeout: float = 60) -> None:
         with _translate("connect"):
-            self.api = docker.APIClient(base_url=base_url or docker.utils.utils.DEFAULT_UNIX_SOCKET,
+            base_url = base_url or os.environ.get("DOCKER_HOST") or \
+                docker.utils.utils.DEFAULT_UNIX_SOCKET
+            self.api = docker.APIClient(base_url=base_url,
                                         version=API_VERSION, timeout=timeout, max_pool_size=4)
 
     def close(self) -> None:

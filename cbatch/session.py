@@ -23,6 +23,7 @@ from cbatch import binds, directives, outputs, peer, policy, procs, protocol, sp
 from cbatch.config import Config
 from cbatch.engine import Engine
 from cbatch.errors import CbatchError, ContainerFailed, EXIT_NODE_FAILURE, NotATorqueJob
+from cbatch.errors import EngineError, EngineUnavailable
 from cbatch.errors import AdminRefused, PolicyDenied, ProtocolError
 
 SUSPEND_WATCH_S = 10.0  # pbs_mom sends STOP 5 s after TSTP when suspending (qsig -s suspend)
@@ -48,6 +49,7 @@ class Session:
         self.job: torque.Job | None = None
         self.plan: outputs.Plan | None = None
         self.init_failure: str | None = None
+        self.engine_lost = False
 
     # -- entry point -------------------------------------------------------------------
     def run(self) -> None:
@@ -219,10 +221,29 @@ class Session:
         pump.start()
         control = threading.Thread(target=self._control, daemon=True, name="control")
         control.start()
-        status = self.engine.wait(self.container_id)
+        status = self._wait()
         pump.join(timeout=30)
         self._attach.close()
         return status
+
+    def _wait(self) -> int:
+        """The container's status, riding out a Docker outage of up to engine_retry_s."""
+        deadline = None
+        while True:
+            try:
+                return self.engine.wait(self.container_id)
+            except EngineError as exc:
+                if isinstance(exc, ContainerFailed):
+                    raise
+                if deadline is None:
+                    deadline = time.monotonic() + self.cfg.engine_retry_s
+                    self.engine_lost = True
+                    self.log.warning("engine_lost", **exc.log_fields())
+                if time.monotonic() > deadline:
+                    raise EngineUnavailable(
+                        "the container engine on this node went away while the job ran and "
+                        "did not come back; the job can be requeued") from exc
+                time.sleep(0.5)
 
     def _finish(self, status: int, started: float) -> None:
         state = self.engine.inspect(self.container_id).get("State", {})
@@ -232,6 +253,10 @@ class Session:
                                "run there; choose another image or shell (qsub -S)",
                                init_error=self.init_failure.strip(), exit_code=status)
         signum = status - 128 if status > 128 and status - 128 in self.relayed else None
+        if self.engine_lost and signum is None and status in (128 + signal.SIGTERM,
+                                                             128 + signal.SIGKILL):
+            raise EngineError("the job was stopped by a restart of the container engine on "
+                              "this node; it can be requeued", exit_code=status)
         message = None
         if state.get("OOMKilled"):
             limit = self.job.rlimits.get("rss", (-1, -1))[0]

@@ -38,6 +38,7 @@ class DaemonUnderTest:
                 settings.__setitem__(key, value)
         self.write_config(settings)
         self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}
 
     def write_config(self, settings: dict) -> None:
         self.settings = settings
@@ -48,7 +49,7 @@ class DaemonUnderTest:
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cbatch.daemon", "--config", str(self.config_path)],
-            stderr=log, stdout=log, start_new_session=True)
+            stderr=log, stdout=log, start_new_session=True, env={**os.environ, **self.env})
         log.close()
         deadline = time.monotonic() + 20
         while not self.socket.exists():
