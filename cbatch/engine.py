@@ -21,6 +21,7 @@ from cbatch.spec import LABEL, ContainerSpec
 
 API_VERSION = "1.41"  # Docker 20.10 and later; fixed, so no version round trip per job
 _pull_locks: dict[str, threading.Lock] = {}
+_present: set[str] = set()  # pinned refs seen on this node: immutable, so never re-checked
 _pull_locks_guard = threading.Lock()
 
 
@@ -78,9 +79,12 @@ class Engine:
 
     def ensure_image(self, ref: str, pull: str) -> None:
         """Make sure the pinned image is present, pulling it once per node if allowed."""
+        if ref in _present:
+            return  # a create on a since-deleted image still fails cleanly (ImageUnavailable)
         with _translate("find its image", ref=ref):
             try:
                 self.api.inspect_image(ref)
+                _present.add(ref)
                 return
             except docker.errors.ImageNotFound:
                 if pull != "missing" or "@" not in ref:
@@ -93,8 +97,16 @@ class Engine:
                 except docker.errors.ImageNotFound:
                     repo, _, digest = ref.partition("@")
                     self.api.pull(repo, tag=digest)
+                _present.add(ref)
 
     def create(self, spec: ContainerSpec) -> str:
+        try:
+            return self._create(spec)
+        except ImageUnavailable:
+            _present.discard(spec.create["image"])  # deleted since it was seen
+            raise
+
+    def _create(self, spec: ContainerSpec) -> str:
         with _translate("be created", container=spec.name):
             host_config = dict(spec.host_config)
             host_config["mounts"] = [_mount(m) for m in host_config.get("mounts", [])]

@@ -235,14 +235,43 @@ def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
         os._exit(127)
 
 
-def run(spec: JobSpec) -> int:
+def run(spec: JobSpec) -> tuple[int, float]:
     """The pbs_mom side of one job: start it, obey commands, return Torque's exit_status."""
     ctypes.CDLL(None).prctl(_PR_SET_NAME, b"pbs_mom", 0, 0, 0)
+    pid, forked, copiers = _start(spec)
+    print(json.dumps({"starter_pid": pid}), flush=True)
+    overlimit = threading.Event()
+    threading.Thread(target=_commands, args=(pid, paths(spec), overlimit), daemon=True).start()
+    status, starter_s = _reap(pid, forked, copiers)
+    if overlimit.is_set():
+        return -11, starter_s  # JOB_EXEC_OVERLIMIT_WT: pbs_mom's code wins over the starter's
+    return status, starter_s
+
+
+def run_many(specs: list[JobSpec]) -> list[tuple[int, float]]:
+    """Start all jobs at once from one pbs_mom process (for load benchmarks)."""
+    ctypes.CDLL(None).prctl(_PR_SET_NAME, b"pbs_mom", 0, 0, 0)
+    started = [_start(spec) for spec in specs]
+    results: list[tuple[int, float]] = [(0, 0.0)] * len(specs)
+
+    def reap(i: int) -> None:
+        results[i] = _reap(*started[i])
+
+    threads = [threading.Thread(target=reap, args=(i,)) for i in range(len(specs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def _start(spec: JobSpec) -> tuple[int, float, list[threading.Thread]]:
     p = paths(spec)
     env = environment(spec)
     stdin_r, stdin_w = os.pipe()
     extra_r, extra_w = os.pipe()
     pipes = [os.pipe(), os.pipe()] if spec.pipe_output else []
+    forked = time.monotonic()
     pid = os.fork()
     if pid == 0:
         _child(spec, p, env, stdin_r, extra_r, pipes)
@@ -256,19 +285,21 @@ def run(spec: JobSpec) -> int:
     line += (" " + spec.submit_args if spec.submit_args else "") + "\n"
     os.write(stdin_w, line.encode())
     os.close(stdin_w)
-    print(json.dumps({"starter_pid": pid}), flush=True)
-    overlimit = threading.Event()
-    threading.Thread(target=_commands, args=(pid, p, overlimit), daemon=True).start()
+    os.close(extra_w)
+    os.close(extra_r)
+    return pid, forked, copiers
+
+
+def _reap(pid: int, forked: float, copiers: list[threading.Thread]) -> tuple[int, float]:
+    """Wait for the starter; Torque's exit_status and the seconds from fork to reaping."""
     _, status = os.waitpid(pid, 0)
+    starter_s = time.monotonic() - forked
     for copier in copiers:
         copier.join(10)
     kill_session(pid, signal.SIGKILL)  # scan_for_terminated(): the rest of the session
-    os.close(extra_w)
-    if overlimit.is_set():
-        return -11  # JOB_EXEC_OVERLIMIT_WT: pbs_mom's code wins over the starter's
     if os.WIFSIGNALED(status):
-        return 0x100 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
+        return 0x100 + os.WTERMSIG(status), starter_s
+    return os.WEXITSTATUS(status), starter_s
 
 
 def _copy(fd: int, path: Path, join: bool) -> None:
@@ -331,7 +362,9 @@ class MomJob:
         line = self._readline(timeout)
         self.proc.wait(timeout=10)
         self._close_pipes()
-        return json.loads(line)["exit_status"]
+        result = json.loads(line)
+        self.starter_s = result["starter_s"]  # fork of the job's process to its reaping
+        return result["exit_status"]
 
     def _close_pipes(self) -> None:
         for pipe in (self.proc.stdin, self.proc.stdout):
@@ -368,9 +401,13 @@ class MomJob:
 
 
 def _main() -> None:
+    if sys.argv[1] == "--many":
+        results = run_many([JobSpec(**s) for s in json.loads(sys.argv[2])])
+        print(json.dumps([{"exit_status": st, "starter_s": t} for st, t in results]), flush=True)
+        return
     spec = JobSpec(**json.loads(sys.argv[1]))
-    status = run(spec)
-    print(json.dumps({"exit_status": status}), flush=True)
+    status, starter_s = run(spec)
+    print(json.dumps({"exit_status": status, "starter_s": starter_s}), flush=True)
 
 
 if __name__ == "__main__":

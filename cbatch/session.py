@@ -54,6 +54,7 @@ class Session:
     # -- entry point -------------------------------------------------------------------
     def run(self) -> None:
         started = time.monotonic()
+        self.marks = {"accepted": started}
         fds: list[int] = []
         try:
             self.conn.settimeout(self.cfg.request_timeout_s)
@@ -61,12 +62,15 @@ class Session:
             if header["t"] == protocol.KIND_ADMIN:
                 self._admin(header)
                 return
+            self.marks["request"] = time.monotonic()
             job = self._prove(header, payload)
+            self.marks["verified"] = time.monotonic()
             if header.get("resume"):
                 self._resume(job)
             else:
                 self._launch(job, fds)
-            status = self._supervise(self.plan)
+            status = self._supervise()
+            self.marks["exited"] = time.monotonic()
             self._finish(status, started)
         except CbatchError as exc:
             self._refuse(exc)
@@ -132,7 +136,9 @@ class Session:
         container = spec.build(job, decision, mounts, plan.stdout, plan.stderr, plan.binds)
         self.engine = self.engine_factory()
         self.engine.ensure_image(decision.image.ref, self.cfg.pull)
+        self.marks["image"] = time.monotonic()
         self.container_id = self._create(container)
+        self.marks["created"] = time.monotonic()
         self.log = self.log.bind(container_id=self.container_id[:12])
         # Always attach both streams: with output going to files they stay silent unless
         # the container's init itself fails (e.g. the job's shell is not in the image).
@@ -140,6 +146,7 @@ class Session:
         self.conn.settimeout(None)
         try:
             self.engine.start(self.container_id)
+            self.marks["started"] = time.monotonic()
         except CbatchError:
             attach.close()
             raise
@@ -214,7 +221,7 @@ class Session:
         except OSError as exc:
             self.log.warning("stdin_not_delivered", error=str(exc))
 
-    def _supervise(self, plan: outputs.Plan) -> int:
+    def _supervise(self) -> int:
         """Relay signals and output until the container exits; its wait status."""
         pump = threading.Thread(target=self._pump, args=(self._attach,), daemon=True,
                                 name="pump")
@@ -246,7 +253,9 @@ class Session:
                 time.sleep(0.5)
 
     def _finish(self, status: int, started: float) -> None:
-        state = self.engine.inspect(self.container_id).get("State", {})
+        # Only a SIGKILLed container can have been OOM-killed: skip the round trip otherwise.
+        state = (self.engine.inspect(self.container_id).get("State", {})
+                 if status == 128 + signal.SIGKILL else {})
         if self.init_failure is not None:
             shell = self.job.argv[0]
             raise PolicyDenied(f"the image has no {shell} (the job's shell) or it cannot "
@@ -268,7 +277,13 @@ class Session:
         self.log.info("job_finished", exit_status=status, signal=signum,
                       oom_killed=bool(state.get("OOMKilled")),
                       starter_gone=self.starter_gone.is_set(),
-                      duration_s=round(time.monotonic() - started, 3))
+                      duration_s=round(time.monotonic() - started, 3), phases_ms=self._phases())
+
+    def _phases(self) -> dict[str, float]:
+        """Milliseconds between the session's steps, for the log and the benchmarks."""
+        names = list(self.marks)
+        return {b: round((self.marks[b] - self.marks[a]) * 1000, 1)
+                for a, b in zip(names, names[1:])}
 
     def _refuse(self, exc: CbatchError) -> None:
         fields = exc.log_fields()

@@ -1,0 +1,282 @@
+"""cbatch benchmark suite: every figure side by side, interleaved, several rounds.
+
+Run as root on a node with Docker:  python3 bench/suite.py [--rounds N] [--quick]
+Prints one table per part: min/median/max and ratios of medians. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+from cbatch import demo, engine, momsim
+
+GIB = 2**30
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.user = demo.ensure_user("cbatch-demo")
+        self.image = demo.ensure_image(engine.Engine())
+        self.work = Path(tempfile.mkdtemp(prefix="cbatch-bench-"))
+        os.chmod(self.work, 0o755)
+        self.sock = self.work / "cbatchd.sock"
+        cfg = self.work / "cbatch.yaml"
+        cfg.write_text(f"socket: {{path: {self.sock}}}\ntorque: {{home: {self.work / 'torque'}}}\n"
+                       f"images:\n  default: demo\n  aliases:\n    demo: {{ref: '{self.image}'}}\n")
+        self.starter = str(momsim.install_starter(self.work / "starter"))
+        self.log = self.work / "cbatchd.log"
+        with open(self.log, "w") as log:
+            self.daemon = subprocess.Popen([sys.executable, "-m", "cbatch.daemon", "--config",
+                                            str(cfg)], stderr=log, start_new_session=True)
+        while not self.sock.exists():
+            time.sleep(0.05)
+        self.api = docker.APIClient(version="1.41")
+        self.count = 0
+
+    def job(self, script: str, native: bool = False) -> tuple[int, float, str, str]:
+        self.count += 1
+        spec = momsim.JobSpec(user=self.user.pw_name, job_id=f"{self.count}.bench",
+                              torque_home=str(self.work / "torque"), script=script,
+                              starter="/usr/bin/env" if native else self.starter,
+                              mom_env={"CBATCH_SOCKET": str(self.sock)})
+        j = momsim.MomJob(spec)
+        try:
+            status = j.wait(900)
+            out, err = j.output()
+            return status, j.starter_s, out, err
+        finally:
+            j.cleanup()
+
+    def many(self, n: int) -> list[tuple[int, float]]:
+        """n trivial jobs started at once by one pbs_mom process: (status, seconds) each."""
+        specs = []
+        for _ in range(n):
+            self.count += 1
+            spec = momsim.JobSpec(user=self.user.pw_name, job_id=f"{self.count}.bench",
+                                  torque_home=str(self.work / "torque"), script="#!/bin/bash\ntrue\n",
+                                  starter=self.starter, mom_env={"CBATCH_SOCKET": str(self.sock)})
+            momsim.stage(spec)
+            specs.append(dataclasses.asdict(spec))
+        out = subprocess.run([sys.executable, "-m", "cbatch.momsim", "--many", json.dumps(specs)],
+                             capture_output=True, text=True, check=True).stdout
+        for spec in specs:
+            job = momsim.JobSpec(**spec)
+            for path in momsim.paths(job).values():
+                if path.is_file():
+                    path.unlink()
+        return [(r["exit_status"], r["starter_s"]) for r in json.loads(out)]
+
+    def sdk_true(self) -> None:
+        hc = self.api.create_host_config(network_mode="host", init=True)
+        cid = self.api.create_container(self.image, "/bin/true", host_config=hc)["Id"]
+        self.api.start(cid)
+        self.api.wait(cid)
+        self.api.remove_container(cid, force=True)
+
+    def phases(self) -> list[dict]:
+        rows = [json.loads(line) for line in self.log.read_text().splitlines()
+                if line.startswith("{") and '"job_finished"' in line]
+        return [r["phases_ms"] for r in rows]
+
+    def close(self) -> None:
+        self.daemon.send_signal(signal.SIGTERM)
+        self.daemon.wait()
+        self.api.close()
+
+
+def table(title: str, rows: dict[str, list[float]], unit: str, base: str | None = None) -> None:
+    print(f"\n## {title}\n{'':44} {'min':>9} {'median':>9} {'max':>9}  {unit}"
+          + (f"   ratio to {base}" if base else ""))
+    ref = statistics.median(rows[base]) if base else None
+    for name, values in rows.items():
+        med = statistics.median(values)
+        ratio = f"   {med / ref:5.2f}x" if ref else ""
+        print(f"{name:44} {min(values):9.3f} {med:9.3f} {max(values):9.3f}{ratio}")
+
+
+def trivial(b: Bench, rounds: int) -> None:
+    cli = ["docker", "run", "--rm"]
+    variants = {
+        "cbatch job (starter exec -> exit)": lambda: b.job("#!/bin/bash\ntrue\n")[1],
+        "native job (no starter)": lambda: b.job("#!/bin/bash\ntrue\n", native=True)[1],
+        "docker run --rm (CLI, bridge)": lambda: _timed(cli + [b.image, "/bin/true"]),
+        "docker run --rm --network host (CLI)": lambda: _timed(cli + ["--network", "host", b.image, "/bin/true"]),
+        "SDK create/start/wait/remove (warm)": lambda: _clock(b.sdk_true),
+    }
+    for fn in variants.values():
+        fn()
+    skip = len(b.phases())
+    times = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(fn())
+    table("1. trivial job, end to end (seconds)", times, "s", "docker run --rm (CLI, bridge)")
+    phases = b.phases()[skip:]
+    print("   cbatch phases (median ms): " + ", ".join(
+        f"{k} {statistics.median(p[k] for p in phases if k in p):.1f}" for k in phases[0]))
+
+
+def concurrency(b: Bench, levels: list[int]) -> None:
+    print("\n## 2. concurrency: N jobs started at once\n"
+          f"{'N':>4} {'cbatch jobs/s':>14} {'p50 s':>7} {'p90 s':>7} {'max s':>7} {'errors':>7}"
+          f"   {'SDK jobs/s':>10} {'cbatch/SDK':>10}")
+    for n in levels:
+        results = b.many(n)
+        lat = sorted(r[1] for r in results)
+        cbatch_rate = n / lat[-1]  # all forked at once: first fork to last exit
+        errors = sum(1 for r in results if r[0] != 0)
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda _: b.sdk_true(), range(n)))
+        sdk_rate = n / (time.monotonic() - start)
+        print(f"{n:4} {cbatch_rate:14.2f} {lat[len(lat) // 2]:7.3f} {lat[int(len(lat) * 0.9)]:7.3f} "
+              f"{lat[-1]:7.3f} {errors:7}   {sdk_rate:10.2f} {cbatch_rate / sdk_rate:10.2f}")
+
+
+_ELAPSED = 's=$(date +%s%N); {body}; e=$(date +%s%N); echo "elapsed $(( (e - s) / 1000 ))"'
+
+
+def runtime(b: Bench, rounds: int) -> None:
+    # CPU seconds (user+sys) as well as wall time: this VM's wall clock is shared and noisy
+    cpu = ("TIMEFORMAT='cpu %U %S'; time { " + _ELAPSED.format(
+        body="i=0; while ((i < 1500000)); do ((i++)); done") + "; }")
+    io = _ELAPSED.format(body="dd if=/dev/zero of=$HOME/bench.dat bs=1M count=1024 conv=fsync "
+                              "2>/dev/null; rm -f $HOME/bench.dat")
+    rows: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for label, body in (("CPU-bound loop", cpu), ("1 GiB write to home (bind mount)", io)):
+            for native in (True, False):
+                _drop_caches()
+                # LC_ALL=C for both: the host's C.UTF-8 makes bash's parser slower, and the
+                # test image has no locales; the same locale compares the runtime alone
+                _, _, out, err = b.job(f"#!/bin/bash\nexport LC_ALL=C\n{body}\n", native=native)
+                out += err  # bash's `time` report goes to the shell's own stderr
+                us = int(re.search(r"elapsed (\d+)", out).group(1))
+                rows.setdefault(f"{label}, {'native' if native else 'cbatch'}", []).append(us / 1e6)
+                if cpu_s := re.search(r"cpu ([0-9.]+) ([0-9.]+)", out):
+                    rows.setdefault(f"{label} CPU s, {'native' if native else 'cbatch'}", []).append(
+                        float(cpu_s.group(1)) + float(cpu_s.group(2)))
+    table("3. runtime overhead, measured inside the job (seconds)", rows, "s")
+    for label in ("CPU-bound loop", "CPU-bound loop CPU s", "1 GiB write to home (bind mount)"):
+        n, c = (statistics.median(rows[f"{label}, {k}"]) for k in ("native", "cbatch"))
+        print(f"   {label}: cbatch/native = {c / n:.3f}")
+
+
+def output(b: Bench, rounds: int) -> None:
+    script = "#!/bin/bash\ndd if=/dev/zero bs=1M count=1024\n"
+    rows: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for native in (True, False):
+            _drop_caches()
+            status, starter_s, _, err = b.job(script, native=native)
+            seconds = float(re.search(r"copied, ([0-9.]+) s", err).group(1))
+            rows.setdefault("native redirection" if native else "cbatch (into .OU)", []).append(
+                GIB / 1e6 / seconds)
+    table("4. 1 GiB on stdout into the .OU file (MB/s, as dd measures it in the job)", rows,
+          "MB/s", "native redirection")
+    before = _docker_logs_bytes()
+    print(f"   Docker log storage used by cbatch jobs: {_docker_logs_bytes() - before} bytes "
+          "(log driver none; output never passes through dockerd)")
+
+
+def footprint(b: Bench, jobs: int) -> None:
+    idle = _status(b.daemon.pid)
+    runs = []
+    for cmd in ([b.starter, "/bin/bash"], ["/usr/bin/python3", "-I", "-c", "pass"]):
+        samples = []
+        for _ in range(10):
+            start = time.monotonic()
+            subprocess.run(cmd, input=b"x\n", capture_output=True,
+                           env={"CBATCH_SOCKET": "/nonexistent"})
+            samples.append(time.monotonic() - start)
+        runs.append(statistics.median(samples))
+    starter_start, python_start = runs
+    running = [momsim.MomJob(momsim.JobSpec(
+        user=b.user.pw_name, job_id=f"fp{i}.bench", torque_home=str(b.work / "torque"),
+        script="#!/bin/bash\nsleep 30\n", starter=b.starter,
+        mom_env={"CBATCH_SOCKET": str(b.sock)})) for i in range(jobs)]
+    time.sleep(8)
+    busy = _status(b.daemon.pid)
+    starter_rss = _status(running[0].starter_pid)["VmRSS"]
+    cpu0 = _cpu_s(b.daemon.pid)
+    time.sleep(10)
+    cpu_silent = _cpu_s(b.daemon.pid) - cpu0
+    for j in running:
+        j.wait(120)
+        j.cleanup()
+    print("\n## 5. footprint")
+    print(f"   starter: RSS {starter_rss}; exec to exit without a daemon {starter_start * 1000:.0f} ms "
+          f"(python3 -I doing nothing: {python_start * 1000:.0f} ms)")
+    print(f"   daemon idle: RSS {idle['VmRSS']}, threads {idle['Threads']}")
+    print(f"   daemon with {jobs} running jobs: RSS {busy['VmRSS']}, threads {busy['Threads']}")
+    print(f"   daemon CPU over 10 s with {jobs} silent jobs: {cpu_silent:.3f} s")
+
+
+def _drop_caches() -> None:
+    """Start each I/O run from the same page-cache state (the previous run's file is gone)."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def _timed(cmd: list[str]) -> float:
+    start = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.monotonic() - start
+
+
+def _clock(fn) -> float:
+    start = time.monotonic()
+    fn()
+    return time.monotonic() - start
+
+
+def _status(pid: int) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if ":\t" in line)
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _docker_logs_bytes() -> int:
+    root = Path("/var/lib/docker/containers")
+    return sum(f.stat().st_size for f in root.glob("*/*-json.log")) if root.exists() else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and levels")
+    args = parser.parse_args()
+    rounds = 3 if args.quick else args.rounds
+    b = Bench()
+    try:
+        print(f"cbatch benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+              f"{os.uname().release}, docker {b.api.version()['Version']}, rounds={rounds}")
+        trivial(b, rounds)
+        concurrency(b, [1, 4, 16] if args.quick else [1, 4, 16, 32, 64])
+        runtime(b, max(3, rounds // 2))
+        output(b, max(3, rounds // 2))
+        footprint(b, 16 if args.quick else 64)
+    finally:
+        b.close()
+
+
+if __name__ == "__main__":
+    main()
