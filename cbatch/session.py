@@ -253,9 +253,9 @@ class Session:
                 time.sleep(0.5)
 
     def _finish(self, status: int, started: float) -> None:
-        # Only a SIGKILLed container can have been OOM-killed: skip the round trip otherwise.
-        state = (self.engine.inspect(self.container_id).get("State", {})
-                 if status == 128 + signal.SIGKILL else {})
+        # Docker flags OOMKilled when any process of the job was OOM-killed, even if the
+        # job lived on: worth the one round trip, so the owner learns why.
+        state = self.engine.inspect(self.container_id).get("State", {})
         if self.init_failure is not None:
             shell = self.job.argv[0]
             raise PolicyDenied(f"the image has no {shell} (the job's shell) or it cannot "
@@ -270,8 +270,10 @@ class Session:
         if state.get("OOMKilled"):
             limit = self.job.rlimits.get("rss", (-1, -1))[0]
             size = f" of {limit / 2**20:.0f} MiB" if limit > 0 else ""
-            message = (f"job killed: it ran out of memory (limit{size}); request more "
-                       "memory (qsub -l mem=...) or use less")
+            what = ("job killed" if status == 128 + signal.SIGKILL
+                    else "a process of the job was killed")
+            message = (f"{what}: it ran out of memory (limit{size}); request more memory "
+                       "(qsub -l mem=...) or use less")
         self.done.set()
         self._send(protocol.KIND_EXIT, status=status, signal=signum, message=message)
         self.log.info("job_finished", exit_status=status, signal=signum,

@@ -198,8 +198,15 @@ def test_out_of_memory_is_named_on_the_error_file(run, daemon):
     limit = 64 * 2**20
     result = run("#!/bin/bash\nhead -c 400M /dev/zero | tail > /dev/null\necho after=$?\n",
                  rlimits={"rss": (limit, limit)})
-    assert result.err.endswith("cbatch: job killed: it ran out of memory (limit of 64 MiB); "
-                               "request more memory (qsub -l mem=...) or use less\n"), result.err
+    assert result.out == "after=137\n"  # the pipeline's tail was killed, the job went on
+    assert result.err.endswith("cbatch: a process of the job was killed: it ran out of memory "
+                               "(limit of 64 MiB); request more memory (qsub -l mem=...) or "
+                               "use less\n"), result.err
+    whole = run("#!/bin/bash\nx=$(yes | head -c 300M)\necho not-reached\n",
+                rlimits={"rss": (limit, limit)})
+    assert whole.status == 137 and whole.out == ""  # the script itself was killed
+    assert whole.err.endswith("cbatch: job killed: it ran out of memory (limit of 64 MiB); "
+                              "request more memory (qsub -l mem=...) or use less\n"), whole.err
     record = daemon.wait_for_event("job_finished", job_id=result.job.spec.job_id)
     assert record["oom_killed"] is True
 

@@ -68,3 +68,18 @@ def test_limits_and_environment_parse_as_the_kernel_writes_them():
     env = torque._parse_environ(b"A=1\0B=x=y\0broken\0=nokey\0")
     assert env == {"A": "1", "B": "x=y"}
     assert torque.prefix_of("12[4].vm") == "12-4.vm"
+
+
+@pytest.mark.parametrize("uid,settings,refused", [
+    (0, {}, True), (999, {}, True), (1000, {}, False),
+    (1500, {"jobs": {"min_uid": 2000}}, True),
+    (0, {"jobs": {"allow_root": True}}, False),
+])
+def test_root_and_system_uids_are_refused_unless_allowed(uid, settings, refused, tmp_path):
+    from cbatch.errors import PolicyDenied
+    from cbatch.peer import Peer
+    cfg_ = config.parse({"torque": {"home": str(tmp_path)}, **settings})
+    who = Peer(pid=2**22 + 7, uid=uid, gid=uid, groups=(), start_ticks=1)  # no such process
+    expected = PolicyDenied if refused else NotATorqueJob  # past the uid check: not a job
+    with pytest.raises(expected):
+        torque.verify(cfg_, who, ["/bin/bash"], b"")
