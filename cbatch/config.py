@@ -71,6 +71,7 @@ class Config:
     network: str = "host"
     pids_limit: int = 4096
     engine_retry_s: float = 60.0
+    sweep_interval_s: float = 60.0
     memory_from_rlimit: bool = True
     log_format: str = "json"
     log_level: str = "info"
@@ -218,6 +219,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
         network=container.choice("network", NETWORK_MODES, d.network),
         pids_limit=container.get("pids_limit", int, d.pids_limit),
         engine_retry_s=float(container.get("engine_retry_s", (int, float), d.engine_retry_s)),
+        sweep_interval_s=float(container.get("sweep_interval_s", (int, float),
+                                             d.sweep_interval_s)),
         memory_from_rlimit=container.get("memory_from_rlimit", bool, True),
         log_format=logging_.choice("format", LOG_FORMATS, d.log_format),
         log_level=logging_.choice("level", ("debug", "info", "warning", "error"), d.log_level),
@@ -225,6 +228,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
     )
     if not 0.1 <= fields["request_timeout_s"] <= 300:
         raise sock.fail("request_timeout_s", "must be between 0.1 and 300 seconds")
+    if fields["sweep_interval_s"] < 1:
+        raise container.fail("sweep_interval_s", "must be at least 1 second")
     if fields["pids_limit"] < 16:
         raise container.fail("pids_limit", "must be at least 16")
 

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import structlog
@@ -20,8 +21,6 @@ from cbatch import config, logs, outputs, reconcile, server, systemd
 from cbatch.engine import Engine
 from cbatch.errors import CbatchError, ConfigError
 from cbatch.session import Session
-
-SWEEP_INTERVAL_S = 60.0
 
 
 class Daemon:
@@ -51,11 +50,13 @@ class Daemon:
         self.log.info("daemon_started", socket=str(self.cfg.socket_path), pid=os.getpid(),
                       images=[i.alias for i in self.cfg.images], default=self.cfg.default_image)
         systemd.notify("READY=1")
+        next_sweep = time.monotonic() + self.cfg.sweep_interval_s
         try:
             while True:
-                events = selector.select(timeout=SWEEP_INTERVAL_S)
-                if not events:
+                events = selector.select(timeout=max(0.0, next_sweep - time.monotonic()))
+                if time.monotonic() >= next_sweep:  # even on a busy node
                     self.sweep()
+                    next_sweep = time.monotonic() + self.cfg.sweep_interval_s
                 for key, _ in events:
                     if key.data == "accept":
                         srv.accept_one()

@@ -98,3 +98,20 @@ def test_admin_operations_are_refused_to_job_users(daemon, test_user):
     assert "admin operations are for root and the admin group only" in result.stdout, result.stderr
     record = daemon.wait_for_event("job_refused", error="AdminRefused", uid=test_user.pw_uid)
     assert record["op"] == "ps"
+
+
+def test_health_reports_low_image_disk(daemon):
+    result = cbatch("--config", str(daemon.config_path), "health", "--min-free-gb", "1000000")
+    assert result.stdout.startswith("ERROR cbatch: only ") and "GiB free for images" in result.stdout
+
+
+def test_systemd_unit_is_valid(tmp_path):
+    import shutil
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = (Path(__file__).parents[2] / "systemd" / "cbatchd.service").read_text()
+    (tmp_path / "cbatchd.service").write_text(unit.replace("/usr/local/bin/", "/bin/true #"))
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "cbatchd.service")],
+                            capture_output=True, text=True)
+    problems = [line for line in result.stderr.splitlines() if "cbatchd.service" in line]
+    assert not problems, problems

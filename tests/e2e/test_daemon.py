@@ -98,3 +98,49 @@ def test_stale_socket_is_replaced_but_a_regular_file_is_not(fresh_daemon):
     assert fresh_daemon.socket.exists()
     fresh_daemon.start()
     assert fresh_daemon.proc.poll() is None
+
+
+def test_periodic_sweep_removes_orphans_while_the_daemon_runs(image_ids, site_dirs, test_user, api):
+    from tests.e2e.conftest import make_daemon
+    d = make_daemon(image_ids, site_dirs, container={"sweep_interval_s": 1})
+    d.start()
+    try:
+        hc = api.create_host_config(init=True)
+        orphan = api.create_container(image_ids["alpha"], "/bin/sleep 60", host_config=hc, labels={
+            "cbatch": "1", "cbatch.job_id": "orphan.vm", "cbatch.user": "cbtest1",
+            "cbatch.starter_pid": "999999999", "cbatch.starter_start": "5"})["Id"]
+        api.start(orphan)
+        record = d.wait_for_event("orphan_removed", job_id="orphan.vm", timeout=20)
+        assert record["container_id"] == orphan[:12]
+        assert not api.containers(all=True, filters={"label": "cbatch.job_id=orphan.vm"})
+    finally:
+        d.cleanup()
+
+
+def test_a_second_starter_for_a_running_job_task_is_refused(daemon, submit):
+    first = submit("#!/bin/bash\nsleep 30\n", job_id="4242.vm")
+    daemon.wait_for_event("container_started", job_id="4242.vm")
+    second = submit("#!/bin/bash\nsleep 30\n", job_id="4242.vm", keep=True, job_name="again")
+    assert second.wait(30) == 126
+    assert second.output()[1] == "cbatch: this job task already runs in a container on this node\n"
+    first.qdel(0.5)
+    assert first.wait(30) == 271
+
+
+def test_the_parent_check_can_be_relaxed_for_demos_only(image_ids, site_dirs, test_user):
+    from cbatch import momsim
+    from tests.e2e.conftest import job_spec, make_daemon
+    d = make_daemon(image_ids, site_dirs, torque={"require_pbs_mom_parent": False})
+    d.start()
+    try:
+        spec = job_spec(d, "#!/bin/bash\necho relaxed\n", job_id="77.vm")
+        paths = momsim.stage(spec)
+        env = momsim.environment(spec)
+        proc = subprocess.run(
+            ["setpriv", f"--reuid={test_user.pw_uid}", f"--regid={test_user.pw_gid}",
+             "--init-groups", "setsid", "--wait", d.starter, "/bin/bash"],
+            input=f"{paths['script']}\n", capture_output=True, text=True, env=env,
+            cwd=test_user.pw_dir, timeout=60)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "relaxed\n", "")
+    finally:
+        d.cleanup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -122,6 +123,7 @@ FORGER = """#!/usr/bin/python3 -I
 import os, sys
 sys.path.insert(0, {folder!r})
 from cbatch import protocol
+import signal
 import socket
 sock = socket.socket(socket.AF_UNIX)
 sock.connect(os.environ["CBATCH_SOCKET"])
@@ -156,3 +158,21 @@ def test_socket_has_the_configured_mode_and_group(image_ids, site_dirs, test_use
         assert (st.st_uid, st.st_gid) == (0, grp.getgrnam("cbtestg2").gr_gid)
     finally:
         d.cleanup()
+
+
+@pytest.mark.parametrize("frame,reply", [
+    (protocol.encode("request", b"x\n", v=99, argv=["/bin/bash"], tty=False),
+     "cbatch-starter speaks protocol 99, cbatchd speaks 1"),
+    (protocol.encode("signal", signal=15), "expected a request, got 'signal'"),
+    (protocol.encode("request", b"", v=1, argv="rm -rf /", tty=False),
+     "the request's argv is not a list of strings"),
+])
+def test_wrong_version_and_out_of_order_frames_get_one_error(fuzz_daemon, frame, reply):
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(fuzz_daemon.socket))
+        sock.sendall(frame)
+        header, _ = protocol.recv(sock)
+        assert header["t"] == "error" and reply in header["message"]
+        with pytest.raises(protocol.PeerClosed):
+            protocol.recv(sock)
