@@ -210,6 +210,7 @@ def footprint(b: Bench, jobs: int) -> None:
         script="#!/bin/bash\nsleep 30\n", starter=b.starter,
         mom_env={"CBATCH_SOCKET": str(b.sock)})) for i in range(jobs)]
     time.sleep(8)
+    loaded = [b.job("#!/bin/bash\ntrue\n")[1] for _ in range(5)]
     busy = _status(b.daemon.pid)
     starter_rss = _status(running[0].starter_pid)["VmRSS"]
     cpu0 = _cpu_s(b.daemon.pid)
@@ -218,12 +219,15 @@ def footprint(b: Bench, jobs: int) -> None:
     for j in running:
         j.wait(120)
         j.cleanup()
+    quiet = [b.job("#!/bin/bash\ntrue\n")[1] for _ in range(5)]
     print("\n## 5. footprint")
     print(f"   starter: RSS {starter_rss}; exec to exit without a daemon {starter_start * 1000:.0f} ms "
           f"(python3 -I doing nothing: {python_start * 1000:.0f} ms)")
     print(f"   daemon idle: RSS {idle['VmRSS']}, threads {idle['Threads']}")
     print(f"   daemon with {jobs} running jobs: RSS {busy['VmRSS']}, threads {busy['Threads']}")
     print(f"   daemon CPU over 10 s with {jobs} silent jobs: {cpu_silent:.3f} s")
+    print(f"   trivial job with {jobs} jobs running: {statistics.median(loaded):.3f} s; "
+          f"with none: {statistics.median(quiet):.3f} s (median of 5)")
 
 
 def _drop_caches() -> None:
