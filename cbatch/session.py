@@ -11,7 +11,6 @@ import os
 import secrets
 import signal
 import socket
-import struct
 import threading
 import time
 from typing import Callable
@@ -19,17 +18,15 @@ from typing import Callable
 import structlog
 
 from cbatch import adminops as admin
-from cbatch import binds, directives, outputs, peer, policy, procs, protocol, spec, torque
+from cbatch import binds, demux, directives, outputs, peer, policy, protocol, spec, torque
 from cbatch.config import Config
 from cbatch.engine import Engine
+from cbatch.relay import Relay
 from cbatch.errors import CbatchError, ContainerFailed, EXIT_NODE_FAILURE, NotATorqueJob
 from cbatch.errors import EngineError, EngineUnavailable
 from cbatch.errors import AdminRefused, PolicyDenied, ProtocolError
 
-SUSPEND_WATCH_S = 10.0  # pbs_mom sends STOP 5 s after TSTP when suspending (qsig -s suspend)
 RELAYED = frozenset(int(s) for s in protocol.RELAYED_SIGNALS)
-_DOCKER_HEADER = struct.Struct(">BxxxI")
-_INIT_FAILURE = b"[FATAL tini"  # docker-init could not exec the job's command
 
 
 class Session:
@@ -42,8 +39,6 @@ class Session:
         self.send_lock = threading.Lock()
         self.engine: Engine | None = None
         self.container_id: str | None = None
-        self.init_pid: int | None = None
-        self.relayed: set[int] = set()
         self.starter_gone = threading.Event()
         self.done = threading.Event()  # set once the job's end is known: EOF is then normal
         self.job: torque.Job | None = None
@@ -226,6 +221,8 @@ class Session:
         pump = threading.Thread(target=self._pump, args=(self._attach,), daemon=True,
                                 name="pump")
         pump.start()
+        self.relay = Relay(self.engine, self.container_id, self.job.peer.pid,
+                           self.starter_gone, self.log)
         control = threading.Thread(target=self._control, daemon=True, name="control")
         control.start()
         status = self._wait()
@@ -261,7 +258,7 @@ class Session:
             raise PolicyDenied(f"the image has no {shell} (the job's shell) or it cannot "
                                "run there; choose another image or shell (qsub -S)",
                                init_error=self.init_failure.strip(), exit_code=status)
-        signum = status - 128 if status > 128 and status - 128 in self.relayed else None
+        signum = self.relay.killed_by_relayed(status)
         if self.engine_lost and signum is None and status in (128 + signal.SIGTERM,
                                                              128 + signal.SIGKILL):
             raise EngineError("the job was stopped by a restart of the container engine on "
@@ -311,24 +308,15 @@ class Session:
 
     # -- threads -----------------------------------------------------------------------
     def _pump(self, attach: socket.socket) -> None:
-        """Copy Docker's multiplexed attach stream to the starter as output frames."""
-        kinds = {1: protocol.KIND_STDOUT, 2: protocol.KIND_STDERR}
+        """Forward the container's output streams to the starter as frames."""
+        kinds = {demux.STDOUT: protocol.KIND_STDOUT, demux.STDERR: protocol.KIND_STDERR}
+
+        def emit(stream: int, data: bytes) -> bool:
+            return all(self._send(kinds[stream], data[i:i + protocol.MAX_PAYLOAD])
+                       for i in range(0, len(data), protocol.MAX_PAYLOAD))
+
         try:
-            while True:
-                head = _read_exact(attach, _DOCKER_HEADER.size)
-                if not head:
-                    return
-                stream, size = _DOCKER_HEADER.unpack(head)
-                data = _read_exact(attach, size)
-                if stream == 2 and (self.init_failure is not None or data.startswith(_INIT_FAILURE)):
-                    # the init's message may come in several writes; the job never ran
-                    text = (self.init_failure or "") + data.decode("utf-8", "replace")
-                    self.init_failure = text[:4096]
-                    continue
-                kind = kinds.get(stream)
-                for i in range(0, len(data), protocol.MAX_PAYLOAD):
-                    if kind and not self._send(kind, data[i:i + protocol.MAX_PAYLOAD]):
-                        return
+            self.init_failure = demux.pump(attach, emit)
         except OSError as exc:
             self.log.warning("output_stream_broken", error=str(exc))
 
@@ -340,7 +328,7 @@ class Session:
             except (protocol.PeerClosed, protocol.ProtocolError, OSError):
                 break
             if header.get("t") == protocol.KIND_SIGNAL and header.get("signal") in RELAYED:
-                self._relay(int(header["signal"]))
+                self.relay.deliver(int(header["signal"]))
         if self.done.is_set():
             return
         self.starter_gone.set()
@@ -349,33 +337,6 @@ class Session:
             self.engine.kill(self.container_id, signal.SIGKILL)
         except CbatchError as exc:
             self.log.error("container_not_killed", **exc.log_fields())
-
-    def _relay(self, signum: int) -> None:
-        """Deliver a signal to every job process, as pbs_mom does to the job's session."""
-        self.relayed.add(signum)
-        count = self._signal_all(signum)
-        self.log.info("signal_relayed", signal=signal.Signals(signum).name, processes=count)
-        if signum == signal.SIGTSTP:
-            threading.Thread(target=self._watch_suspend, daemon=True, name="suspend").start()
-
-    def _signal_all(self, signum: int) -> int:
-        try:
-            if self.init_pid is None:
-                self.init_pid = int(self.engine.inspect(self.container_id)["State"]["Pid"])
-            return procs.signal_all(self.init_pid, signum)
-        except (OSError, KeyError, ValueError, CbatchError):
-            self.engine.kill(self.container_id, signum)  # at least the init forwards it
-            return 1
-
-    def _watch_suspend(self) -> None:
-        """qsig -s suspend stops the starter (SIGSTOP cannot be relayed): stop the job too."""
-        deadline = time.monotonic() + SUSPEND_WATCH_S
-        while time.monotonic() < deadline and not self.starter_gone.is_set():
-            if procs.state(self.job.peer.pid) == "T":
-                count = self._signal_all(signal.SIGSTOP)
-                self.log.info("job_suspended", processes=count)
-                return
-            time.sleep(0.05)
 
     def _send(self, kind: str, payload: bytes = b"", **fields: object) -> bool:
         try:
@@ -390,16 +351,6 @@ def _closed_socket() -> socket.socket:
     a, b = socket.socketpair()
     b.close()
     return a
-
-
-def _read_exact(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = sock.recv(size - len(buf))
-        if not chunk:
-            return b""
-        buf += chunk
-    return bytes(buf)
 
 
 def _group_names(gids: tuple[int, ...]) -> frozenset[str]:

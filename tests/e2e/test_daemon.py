@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import USER, job_spec
+from tests.e2e.conftest import USER
 
 pytestmark = [pytest.mark.docker, pytest.mark.harness]
 

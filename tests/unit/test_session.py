@@ -3,7 +3,6 @@
 import socket
 import threading
 
-import pytest
 from structlog.testing import capture_logs
 
 from cbatch import config, protocol, session, torque
