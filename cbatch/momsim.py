@@ -58,6 +58,8 @@ class JobSpec:
     mom_env: dict = dataclasses.field(default_factory=dict)  # extra pbs_environment lines
     rlimits: dict = dataclasses.field(default_factory=dict)  # name -> (soft, hard)
     pipe_output: bool = False  # fds 1/2 are pipes (as TM tasks' sockets to pbs_demux)
+    tm_argv: list | None = None  # a TM task (pbsdsh, mpiexec): argv spawned without a shell
+    tm_task: int = 2
 
     @property
     def prefix(self) -> str:
@@ -152,6 +154,10 @@ def environment(spec: JobSpec) -> dict[str, str]:
     })
     if spec.tmpdir and "TMPDIR" not in spec.job_env:
         env["TMPDIR"] = str(paths(spec)["tmpdir"])
+    if spec.tm_argv:  # TM tasks: their own task number, no top-task-only variables
+        env.update({"PBS_TASKNUM": str(spec.tm_task), "PBS_VNODENUM": str(spec.tm_task - 2)})
+        for name in ("LOGNAME", "USER", "SHELL", "PBS_NP"):
+            env.pop(name, None)
     return env
 
 
@@ -201,7 +207,9 @@ def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
         os.setgid(entry.pw_gid)
         os.setuid(entry.pw_uid)
         os.umask(0o077)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        if not spec.tm_argv:
+            flags |= os.O_EXCL  # the top task creates the spool files; TM tasks append
         out = os.open(p["out"], flags, 0o666)
         err = out if spec.join else os.open(p["err"], flags, 0o666)
         if pipes:  # the demux side (parent) copies the pipes into the files
@@ -212,15 +220,18 @@ def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
             for r, _ in pipes:
                 os.close(r)
         os.chdir(spec.initdir or entry.pw_dir)
-        os.dup2(stdin_r, 0)
-        os.dup2(stdin_r, 9)  # the stray copy pbs_mom leaves open (contract §1a)
-        os.dup2(extra_r, 14)
+        if spec.tm_argv:  # TM tasks: stdin is /dev/null, no stray fds
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        else:
+            os.dup2(stdin_r, 0)
+            os.dup2(stdin_r, 9)  # the stray copy pbs_mom leaves open (contract §1a)
+            os.dup2(extra_r, 14)
         os.dup2(out, 1)
         os.dup2(err, 2)
         for fd in {stdin_r, extra_r, out, err}:
             if fd > 2 and fd not in (9, 14):
                 os.close(fd)
-        for fd in (0, 1, 2, 9, 14):
+        for fd in (0, 1, 2) if spec.tm_argv else (0, 1, 2, 9, 14):
             os.set_inheritable(fd, True)
         for signum in range(1, signal.NSIG):
             try:
@@ -229,7 +240,8 @@ def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
                 pass
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # inherited from pbs_mom
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        os.execve(spec.starter, [spec.starter, spec.shell], env)
+        argv = [spec.starter, *(spec.tm_argv or [spec.shell])]
+        os.execve(spec.starter, argv, env)
     except BaseException as exc:  # noqa: BLE001 - report and never return into the parent
         os.write(2, f"momsim: cannot start the job: {exc}\n".encode())
         os._exit(127)
@@ -283,7 +295,8 @@ def _start(spec: JobSpec) -> tuple[int, float, list[threading.Thread]]:
         copiers[-1].start()
     line = ("exec " if spec.exec_with_exec else "") + str(p["script"])
     line += (" " + spec.submit_args if spec.submit_args else "") + "\n"
-    os.write(stdin_w, line.encode())
+    if not spec.tm_argv:
+        os.write(stdin_w, line.encode())
     os.close(stdin_w)
     os.close(extra_w)
     os.close(extra_r)

@@ -78,8 +78,11 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes,
         PolicyDenied: root or system-uid jobs when the policy does not allow them.
     """
     if not cfg.allow_root and (peer.uid == 0 or peer.uid < cfg.min_uid):
+        hint = ("; if this is not a root job, pbs_mom runs the starter privileged: ask your "
+                "admin to remove $job_starter_run_privileged" if peer.uid == 0 else "")
         raise PolicyDenied(f"jobs of uid {peer.uid} may not run in containers on this node "
-                           f"(site policy: uid {cfg.min_uid} and above); submit as a regular user")
+                           f"(site policy: uid {cfg.min_uid} and above); submit as a regular "
+                           f"user{hint}")
     try:
         st = peer_.stat(peer.pid, proc)
         parent = peer_.stat(st.ppid, proc)

@@ -232,3 +232,24 @@ def test_tmpdir_is_mounted_when_it_is_the_users_own(run, test_user):
     foreign = run("#!/bin/bash\nls $TMPDIR 2>/dev/null | head -1; echo done\n",
                   job_env={"TMPDIR": "/root"})
     assert foreign.out == "done\n"  # /root is not the user's: not mounted, not visible
+
+
+def test_tm_task_runs_its_command_in_the_jobs_image_without_a_shell(run, daemon, test_user):
+    """pbsdsh/mpiexec through TM: argv spawned directly, stdin /dev/null, its own container."""
+    result = run("#!/bin/bash\n#CBATCH image=beta\nsleep 1\n",
+                 tm_argv=["/bin/sh", "-c", "echo task=$PBS_TASKNUM user=${USER:-unset}; id -u; "
+                          "head -1 /etc/os-release; umask; cat"])
+    assert result.status == 0, result.err
+    assert result.out == f"task=2 user=unset\n{test_user.pw_uid}\nID=beta\n0077\n"
+    record = daemon.wait_for_event("container_started", job_id=result.job.spec.job_id)
+    assert record["task"] == 2 and record["image"] == "beta"
+
+
+def test_walltime_kill_is_recorded_as_pbs_mom_records_it(submit, daemon):
+    job = submit("#!/bin/bash\necho working\nsleep 300\n")
+    daemon.wait_for_event("container_started", job_id=job.spec.job_id)
+    job.command("walltime 5")
+    assert job.wait(30) == -11  # JOB_EXEC_OVERLIMIT_WT, pbs_mom's own code
+    out, err = job.output()
+    assert out == "working\n" and err == "=>> PBS: job killed: walltime 5 exceeded limit 5\n"
+    daemon.wait_for_event("container_removed", job_id=job.spec.job_id)
