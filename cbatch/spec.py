@@ -61,6 +61,8 @@ def command(job: Job, stdout: Output, stderr: Output) -> list[str]:
     a login shell with argv[0] "-bash", as pbs_mom runs it without a job starter.
     """
     steps = [f"umask {job.umask:04o}", "trap '' PIPE"]
+    if "BASH_ENV" in job.env:  # only the job's shells may read it, not this prologue
+        steps.append(f"export BASH_ENV={shlex.quote(job.env['BASH_ENV'])}")
     redirects = _redirect(1, stdout) + _redirect(2, stderr)
     if redirects:
         steps.append("exec" + redirects)
@@ -88,7 +90,9 @@ def _redirect(fd: int, out: Output) -> str:
 
 def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output = STREAM,
           stderr: Output = STREAM, extra_binds: tuple[Bind, ...] = ()) -> ContainerSpec:
-    env = {k: v for k, v in job.env.items() if k not in decision.drop_env}
+    # BASH_ENV is handed over by the prologue (see command), so the prologue's own bash
+    # does not source it: natively the login shell never reads it
+    env = {k: v for k, v in job.env.items() if k not in decision.drop_env and k != "BASH_ENV"}
     mounts = [{"Type": "bind", "Source": str(b.source), "Target": str(b.target),
                "ReadOnly": b.read_only, "BindOptions": {"Propagation": "rprivate"}}
               for b in (*binds, *extra_binds)]

@@ -253,3 +253,15 @@ def test_walltime_kill_is_recorded_as_pbs_mom_records_it(submit, daemon):
     out, err = job.output()
     assert out == "working\n" and err == "=>> PBS: job killed: walltime 5 exceeded limit 5\n"
     daemon.wait_for_event("container_removed", job_id=job.spec.job_id)
+
+
+def test_bash_env_is_read_by_the_login_shell_and_the_script_as_natively(run, test_user):
+    """A non-interactive login bash and the script's bash both read BASH_ENV; nothing else."""
+    env_file = f"{test_user.pw_dir}/bash_env.sh"
+    with open(env_file, "w") as f:
+        f.write("echo sourced-by $$ >&2\n")
+    os.chmod(env_file, 0o644)
+    result = run("#!/bin/bash\necho script $$ $PPID\n", job_env={"BASH_ENV": env_file})
+    _, script_pid, shell_pid = result.out.split()
+    assert result.err == f"sourced-by {shell_pid}\nsourced-by {script_pid}\n"
+    os.unlink(env_file)

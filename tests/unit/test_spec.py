@@ -77,3 +77,11 @@ def test_mounts_are_binds_at_their_targets():
     assert s.host_config["mounts"] == [{"Type": "bind", "Source": "/a", "Target": "/b",
                                         "ReadOnly": True,
                                         "BindOptions": {"Propagation": "rprivate"}}]
+
+
+def test_bash_env_reaches_the_jobs_shells_but_not_the_prologue():
+    job = make_job(env={"BASH_ENV": "/home/alice/my env.sh", "PBS_JOBID": "12.vm"})
+    s = build(job)
+    assert "BASH_ENV" not in s.create["environment"]
+    assert s.create["entrypoint"][2] == ("umask 0077; trap '' PIPE; export BASH_ENV='/home/alice/"
+                                         "my env.sh'; exec -a -bash /bin/bash")
