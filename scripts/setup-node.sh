@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v dockerd >/dev/null 2>&1; then
+# docker.io: the engine; docker-registry: a loopback registry the tests pull digests from
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker-registry >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq docker.io >/dev/null
+    apt-get install -y -qq docker.io docker-registry >/dev/null
 fi
 if ! docker info >/dev/null 2>&1; then
     if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
