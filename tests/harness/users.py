@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pwd
+import signal
 import subprocess
 
 
@@ -17,6 +19,12 @@ def create(name: str, extra_group: str) -> pwd.struct_passwd:
 
 
 def remove(name: str, extra_group: str) -> None:
-    subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+    uid = pwd.getpwnam(name).pw_uid
+    for entry in os.scandir("/proc"):  # what the user left running, so userdel succeeds
+        try:
+            if entry.name.isdigit() and os.stat(entry.path).st_uid == uid:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
     subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
     subprocess.run(["groupdel", extra_group], check=False, capture_output=True)
