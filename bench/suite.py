@@ -88,9 +88,12 @@ class Bench:
         self.api.remove_container(cid, force=True)
 
     def phases(self) -> list[dict]:
+        """Per job: the session's phases and the removal that follows the job's end."""
         rows = [json.loads(line) for line in self.log.read_text().splitlines()
-                if line.startswith("{") and '"job_finished"' in line]
-        return [r["phases_ms"] for r in rows]
+                if line.startswith("{")]
+        removal = {r["job_id"]: r["removal_ms"] for r in rows if r["event"] == "container_removed"}
+        return [{**r["phases_ms"], "removal (after exit)": removal.get(r["job_id"], 0.0)}
+                for r in rows if r["event"] == "job_finished"]
 
     def close(self) -> None:
         self.daemon.send_signal(signal.SIGTERM)
@@ -128,6 +131,10 @@ def trivial(b: Bench, rounds: int) -> None:
     phases = b.phases()[skip:]
     print("   cbatch phases (median ms): " + ", ".join(
         f"{k} {statistics.median(p[k] for p in phases if k in p):.1f}" for k in phases[0]))
+    print("   (request: connect to request read; verified: kernel and Torque checks; image: "
+          "policy, mounts, spec, image check; created; started: attach and start; exited: "
+          "start to the container's exit. The job writes its first output byte itself, "
+          "straight into the .OU: no daemon hop.)")
 
 
 def concurrency(b: Bench, levels: list[int]) -> None:

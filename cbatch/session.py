@@ -299,8 +299,10 @@ class Session:
             return
         try:
             if self.container_id is not None:
-                self.engine.remove(self.container_id)
-                self.log.info("container_removed")
+                began = time.monotonic()
+                self.engine.remove(self.container_id)  # after EXIT: off the job's path
+                self.log.info("container_removed",
+                              removal_ms=round((time.monotonic() - began) * 1000, 1))
         except CbatchError as exc:
             self.log.error("container_not_removed", **exc.log_fields())
         finally:
