@@ -19,4 +19,6 @@ if ! docker info >/dev/null 2>&1; then
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
     docker info >/dev/null 2>&1 || { echo "setup-node: dockerd did not start" >&2; exit 1; }
 fi
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@"; }
+# Debian's own python3 refuses pip installs (PEP 668) unless told this is intended
+pip_install -e '.[test]' 2>/dev/null || pip_install --break-system-packages -e '.[test]'
