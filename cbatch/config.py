@@ -60,6 +60,8 @@ class Config:
     request_timeout_s: float = 10.0
     torque_home: Path = Path("/var/spool/torque")
     require_pbs_mom_parent: bool = True
+    job_cgroup: bool = True  # put containers under Torque's torque/<job id> cgroup if present
+    pbs_track: Path | None = Path("/usr/local/bin/pbs_track")  # adopt when no job cgroup
     allow_root: bool = False
     min_uid: int = 1000
     drop_env: tuple[str, ...] = ()
@@ -211,6 +213,9 @@ def parse(data: Any, source: Path | None = None) -> Config:
         request_timeout_s=float(sock.get("request_timeout_s", (int, float), 10.0)),
         torque_home=_absolute(torque, "home", str(d.torque_home)),
         require_pbs_mom_parent=torque.get("require_pbs_mom_parent", bool, True),
+        job_cgroup=torque.get("job_cgroup", bool, True),
+        pbs_track=(_absolute(torque, "pbs_track", None) if "pbs_track" in torque.data
+                   else d.pbs_track),  # null turns adoption off
         allow_root=jobs.get("allow_root", bool, False),
         min_uid=jobs.get("min_uid", int, d.min_uid),
         drop_env=jobs.names("drop_env"),

@@ -21,6 +21,7 @@ from cbatch.spec import LABEL, ContainerSpec
 
 API_VERSION = "1.41"  # Docker 20.10 and later; fixed, so no version round trip per job
 _pull_locks: dict[str, threading.Lock] = {}
+_driver: str | None = None
 _present: set[str] = set()  # pinned refs seen on this node: immutable, so never re-checked
 _pull_locks_guard = threading.Lock()
 
@@ -98,6 +99,14 @@ class Engine:
                     repo, _, digest = ref.partition("@")
                     self.api.pull(repo, tag=digest)
                 _present.add(ref)
+
+    def cgroup_driver(self) -> str:
+        """Docker's cgroup driver ("cgroupfs" or "systemd"), asked once per daemon."""
+        global _driver
+        if _driver is None:
+            with _translate("describe itself"):
+                _driver = str(self.api.info().get("CgroupDriver", ""))
+        return _driver
 
     def create(self, spec: ContainerSpec) -> str:
         try:

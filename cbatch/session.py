@@ -18,7 +18,7 @@ from typing import Callable
 import structlog
 
 from cbatch import adminops as admin
-from cbatch import binds, demux, directives, outputs, peer, policy, protocol, spec, torque
+from cbatch import adopt, binds, cgroups, demux, directives, outputs, peer, policy, protocol, spec, torque
 from cbatch.config import Config
 from cbatch.engine import Engine
 from cbatch.relay import Relay
@@ -128,8 +128,11 @@ class Session:
         mounts = binds.resolve(job, decision, self.cfg.torque_home)
         plan = self.plan = outputs.plan(fds, job.container_name,
                                         self.cfg.socket_path.parent / "out")
-        container = spec.build(job, decision, mounts, plan.stdout, plan.stderr, plan.binds)
         self.engine = self.engine_factory()
+        parent = (cgroups.torque_parent(job.job_id, self.engine.cgroup_driver())
+                  if self.cfg.job_cgroup else None)
+        container = spec.build(job, decision, mounts, plan.stdout, plan.stderr, plan.binds,
+                               cgroup_parent=parent)
         self.engine.ensure_image(decision.image.ref, self.cfg.pull)
         self.marks["image"] = time.monotonic()
         self.container_id = self._create(container)
@@ -146,9 +149,25 @@ class Session:
             attach.close()
             raise
         plan.release()  # the container holds its own mounts of the output files now
-        self.log.info("container_started", stdout=plan.stdout.mode, stderr=plan.stderr.mode)
+        self.log.info("container_started", stdout=plan.stdout.mode, stderr=plan.stderr.mode,
+                      cgroup_parent=parent)
+        if parent is None and self.cfg.pbs_track is not None and self.cfg.pbs_track.exists():
+            threading.Thread(target=self._adopt, daemon=True, name="adopt").start()
         self._attach = attach
         self._feed_stdin(attach, job.stdin)
+
+    def _adopt(self) -> None:
+        """pbs_track -a the container's init, so Torque counts it and qdel reaches it."""
+        try:
+            pid = int(self.engine.inspect(self.container_id)["State"]["Pid"])
+        except (CbatchError, KeyError, ValueError) as exc:
+            self.log.warning("adopt_failed", reason=f"no init pid: {exc}")
+            return
+        ok, said = adopt.adopt(self.cfg.pbs_track, self.job.job_id, pid)
+        if ok:
+            self.log.info("job_adopted", init_pid=pid)
+        else:
+            self.log.warning("adopt_failed", init_pid=pid, reason=said)
 
     def _admin(self, header: dict) -> None:
         """ps and kill for uid 0 and the admin group; refused for everyone else."""

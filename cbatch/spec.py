@@ -89,7 +89,8 @@ def _redirect(fd: int, out: Output) -> str:
 
 
 def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output = STREAM,
-          stderr: Output = STREAM, extra_binds: tuple[Bind, ...] = ()) -> ContainerSpec:
+          stderr: Output = STREAM, extra_binds: tuple[Bind, ...] = (),
+          cgroup_parent: str | None = None) -> ContainerSpec:
     # BASH_ENV is handed over by the prologue (see command), so the prologue's own bash
     # does not source it: natively the login shell never reads it
     env = {k: v for k, v in job.env.items() if k not in decision.drop_env and k != "BASH_ENV"}
@@ -112,6 +113,8 @@ def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output 
         "log_config": {"Type": "none", "Config": {}},
         "cpu_shares": 1024 * _ppn(job.env),
     }
+    if cgroup_parent:
+        host_config["cgroup_parent"] = cgroup_parent
     rss = job.rlimits.get("rss", (-1, -1))[0]
     if decision.memory_limit and rss > 0:
         host_config["mem_limit"] = rss

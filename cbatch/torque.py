@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
+import re
 import stat as stat_
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cbatch.config import Config
 from cbatch.errors import NotATorqueJob, PolicyDenied
 
 MAX_SCRIPT_BYTES = 16 * 1024 * 1024
+_JOB_ID = re.compile(r"^[0-9]+(\[[0-9]*\])?(\.[A-Za-z0-9_-][A-Za-z0-9_.-]*)?$")  # 12[3].server
 MAX_ENVIRON_BYTES = 4 * 1024 * 1024
 
 # /proc/<pid>/limits row titles -> Docker ulimit names
@@ -102,7 +104,7 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes,
                             "(its parent is not pbs_mom)", pid=peer.pid, parent=parent.comm)
     env = _parse_environ(environ)
     job_id = env.get("PBS_JOBID", "")
-    if not job_id or "/" in job_id:
+    if not _JOB_ID.match(job_id):
         raise NotATorqueJob("the job has no PBS_JOBID; cbatch-starter runs only as a Torque "
                             "job starter", pid=peer.pid)
     task = int(env["PBS_TASKNUM"]) if env.get("PBS_TASKNUM", "").isdigit() else 1

@@ -85,3 +85,13 @@ def test_bash_env_reaches_the_jobs_shells_but_not_the_prologue():
     assert "BASH_ENV" not in s.create["environment"]
     assert s.create["entrypoint"][2] == ("umask 0077; trap '' PIPE; export BASH_ENV='/home/alice/"
                                          "my env.sh'; exec -a -bash /bin/bash")
+
+
+def test_container_goes_under_torques_job_cgroup_when_one_exists(tmp_path):
+    from cbatch import cgroups
+    (tmp_path / "cpuacct" / "torque" / "12.vm").mkdir(parents=True)
+    assert cgroups.torque_parent("12.vm", "cgroupfs", tmp_path) == "/torque/12.vm"
+    assert cgroups.torque_parent("13.vm", "cgroupfs", tmp_path) is None
+    assert cgroups.torque_parent("12.vm", "systemd", tmp_path) is None
+    assert build(cgroup_parent="/torque/12.vm").host_config["cgroup_parent"] == "/torque/12.vm"
+    assert "cgroup_parent" not in build().host_config
