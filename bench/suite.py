@@ -22,7 +22,7 @@ from pathlib import Path
 
 import docker
 
-from cbatch import demo, engine, momsim
+from cbatch import demo, engine, momjob, momsim
 
 GIB = 2**30
 
@@ -37,7 +37,7 @@ class Bench:
         cfg = self.work / "cbatch.yaml"
         cfg.write_text(f"socket: {{path: {self.sock}}}\ntorque: {{home: {self.work / 'torque'}}}\n"
                        f"images:\n  default: demo\n  aliases:\n    demo: {{ref: '{self.image}'}}\n")
-        self.starter = str(momsim.install_starter(self.work / "starter"))
+        self.starter = str(momjob.install_starter(self.work / "starter"))
         self.log = self.work / "cbatchd.log"
         with open(self.log, "w") as log:
             self.daemon = subprocess.Popen([sys.executable, "-m", "cbatch.daemon", "--config",
@@ -53,7 +53,7 @@ class Bench:
                               torque_home=str(self.work / "torque"), script=script,
                               starter="/usr/bin/env" if native else self.starter,
                               mom_env={"CBATCH_SOCKET": str(self.sock)})
-        j = momsim.MomJob(spec)
+        j = momjob.MomJob(spec)
         try:
             status = j.wait(900)
             out, err = j.output()
@@ -212,7 +212,7 @@ def footprint(b: Bench, jobs: int) -> None:
             samples.append(time.monotonic() - start)
         runs.append(statistics.median(samples))
     starter_start, python_start = runs
-    running = [momsim.MomJob(momsim.JobSpec(
+    running = [momjob.MomJob(momsim.JobSpec(
         user=b.user.pw_name, job_id=f"fp{i}.bench", torque_home=str(b.work / "torque"),
         script="#!/bin/bash\nsleep 30\n", starter=b.starter,
         mom_env={"CBATCH_SOCKET": str(b.sock)})) for i in range(jobs)]

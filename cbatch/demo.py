@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cbatch import config, engine as engine_, momsim, rootfs
+from cbatch import config, engine as engine_, momjob, momsim, rootfs
 
 DEMO_IMAGE = "cbatch-demo:latest"
 SCRIPT = """#!/bin/bash
@@ -61,7 +61,7 @@ def run(user: str, keep: bool = False) -> int:
     image = ensure_image(engine_.Engine())
     work = Path(tempfile.mkdtemp(prefix="cbatch-demo-"))
     os.chmod(work, 0o755)
-    starter = str(momsim.install_starter(work / "starter"))
+    starter = str(momjob.install_starter(work / "starter"))
     cfg_path = work / "cbatch.yaml"
     sock = work / "cbatchd.sock"
     cfg_path.write_text(f"""
@@ -85,7 +85,7 @@ logging: {{format: console}}
         spec = momsim.JobSpec(user=user, job_id="1.demo", torque_home=str(work / "torque"),
                               script=SCRIPT, starter=starter, job_name="demo",
                               submit_args="first second", mom_env={"CBATCH_SOCKET": str(sock)})
-        job = momsim.MomJob(spec)
+        job = momjob.MomJob(spec)
         status = job.wait()
         out, err = job.output()
         print(f"--- {job.paths['out']} ---\n{out}--- {job.paths['err']} ---\n{err}"

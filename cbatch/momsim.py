@@ -25,9 +25,7 @@ import os
 import pwd
 import resource
 import secrets
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -64,30 +62,6 @@ class JobSpec:
     @property
     def prefix(self) -> str:
         return self.job_id.replace("[", "-").replace("]", "")
-
-
-STARTER_MODULES = ("__init__.py", "protocol.py", "starter.py")
-
-
-def install_starter(folder: Path) -> Path:
-    """A world-readable copy of cbatch-starter and the only modules it may import.
-
-    Job users cannot read a Python installed under /root (pyenv, venvs); a node install
-    puts the starter in a system path. The copy runs with the system python3 in isolated
-    mode, as bin/cbatch-starter does, and proves the starter needs nothing else.
-    """
-    package = folder / "cbatch"
-    package.mkdir(parents=True, exist_ok=True)
-    source = Path(__file__).parent
-    for name in STARTER_MODULES:
-        shutil.copy(source / name, package / name)
-    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    starter = folder / "cbatch-starter"
-    starter.write_text(f"#!{python} -I\nimport sys\nsys.path.insert(0, {str(folder)!r})\n"
-                       "from cbatch.starter import main\nmain()\n")
-    for path in (folder, package, *package.iterdir(), starter):
-        os.chmod(path, 0o755 if path.is_dir() or path == starter else 0o644)
-    return starter
 
 
 def paths(spec: JobSpec) -> dict[str, Path]:
@@ -346,71 +320,6 @@ def _commands(pid: int, p: dict[str, Path], overlimit: threading.Event) -> None:
             with open(p["err"], "a") as err:
                 err.write(f"=>> PBS: job killed: walltime {words[1]} exceeded limit {words[1]}\n")
             kill_session(pid, signal.SIGTERM)
-
-
-class MomJob:
-    """A job started through `python -m cbatch.momsim`, driven from a test or the demo."""
-
-    def __init__(self, spec: JobSpec) -> None:
-        self.spec = spec
-        self.paths = stage(spec)
-        self.proc = subprocess.Popen([sys.executable, "-m", "cbatch.momsim",
-                                      json.dumps(dataclasses.asdict(spec))],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     start_new_session=True)
-        self.starter_pid = json.loads(self.proc.stdout.readline())["starter_pid"]
-
-    def command(self, text: str) -> None:
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-
-    def qdel(self, kill_delay_s: float = 2.0) -> None:
-        self.command(f"qdel {kill_delay_s}")
-
-    def signal(self, signum: int) -> None:
-        self.command(f"signal {int(signum)}")
-
-    def wait(self, timeout: float = 120) -> int:
-        """Torque's exit_status for the job."""
-        line = self._readline(timeout)
-        self.proc.wait(timeout=10)
-        self._close_pipes()
-        result = json.loads(line)
-        self.starter_s = result["starter_s"]  # fork of the job's process to its reaping
-        return result["exit_status"]
-
-    def _close_pipes(self) -> None:
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            try:
-                pipe.close()
-            except OSError:
-                pass
-
-    def _readline(self, timeout: float) -> str:
-        result: list[str] = []
-        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()),
-                                  daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not result or not result[0]:
-            self.proc.kill()
-            raise TimeoutError(f"job {self.spec.job_id} did not end within {timeout} s")
-        return result[0]
-
-    def output(self) -> tuple[str, str]:
-        """The job's .OU and .ER contents (as Torque would deliver them)."""
-        out = self.paths["out"].read_text(errors="replace")
-        err = "" if self.spec.join else self.paths["err"].read_text(errors="replace")
-        return out, err
-
-    def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._close_pipes()
-        for key in ("script", "nodefile", "out", "err"):
-            self.paths[key].unlink(missing_ok=True)
-        shutil.rmtree(self.paths["tmpdir"], ignore_errors=True)
 
 
 def _main() -> None:

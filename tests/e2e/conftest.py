@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from cbatch import momsim
+from cbatch import momjob, momsim
 from tests.harness import images, users
 from tests.harness.daemon import DaemonUnderTest
 
@@ -25,7 +25,7 @@ class Result:
     status: int
     out: str
     err: str
-    job: momsim.MomJob
+    job: momjob.MomJob
 
 
 @pytest.fixture(scope="session")
@@ -106,8 +106,8 @@ def submit(daemon):
     """Start a job through the harness; returns the running MomJob."""
     started = []
 
-    def _submit(script: str, d: DaemonUnderTest | None = None, **kwargs) -> momsim.MomJob:
-        job = momsim.MomJob(job_spec(d or daemon, script, **kwargs))
+    def _submit(script: str, d: DaemonUnderTest | None = None, **kwargs) -> momjob.MomJob:
+        job = momjob.MomJob(job_spec(d or daemon, script, **kwargs))
         started.append(job)
         return job
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cbatch import momsim
+from cbatch import momjob
 from tests.e2e.conftest import job_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.harness]
@@ -32,7 +32,7 @@ def test_two_hundred_jobs_at_once(fresh_daemon, run):
              for n in range(JOBS)]
 
     def one(spec):
-        job = momsim.MomJob(spec)
+        job = momjob.MomJob(spec)
         try:
             return job.wait(600), *job.output()
         finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from cbatch import momsim
+from cbatch import momjob
 
 
 class DaemonUnderTest:
@@ -25,7 +25,7 @@ class DaemonUnderTest:
         self.torque_home = self.root / "torque"
         self.config_path = self.root / "cbatch.yaml"
         self.log_path = self.root / "cbatchd.log"
-        self.starter = str(momsim.install_starter(self.root / "starter"))
+        self.starter = str(momjob.install_starter(self.root / "starter"))
         settings = {
             "socket": {"path": str(self.socket)},
             "torque": {"home": str(self.torque_home)},

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cbatch import errors, momsim, protocol, starter
+from cbatch import errors, momjob, protocol, starter
 
 
 def test_starter_imports_only_the_standard_library():
@@ -58,7 +58,7 @@ class FakeDaemon:
 
 @pytest.fixture
 def launch(tmp_path):
-    path = momsim.install_starter(tmp_path / "starter")
+    path = momjob.install_starter(tmp_path / "starter")
 
     def _launch(replies, stdin=b"/x/jobs/1.vm.SC\n", socket_path=None, env=(), **kwargs):
         sock = tmp_path / "d.sock"
