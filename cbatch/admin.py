@@ -1,4 +1,4 @@
-"""`cbatch`: the admin CLI (check-config, ps, kill, cleanup, health, images, demo).
+"""`cbatch`: the admin CLI (check-config, ps, kill, cleanup, health, demo).
 
 One funnel turns a CbatchError into one line and exit status 1.
 """
@@ -58,7 +58,11 @@ def ps(args: argparse.Namespace) -> int:
 
 
 def kill(args: argparse.Namespace) -> int:
-    signum = signal.Signals[args.signal if args.signal.startswith("SIG") else "SIG" + args.signal]
+    name = args.signal.upper()
+    try:
+        signum = signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+    except KeyError:
+        raise CbatchError(f"unknown signal {args.signal!r}; use a name like TERM or KILL") from None
     reply = _ask_daemon(args, op="kill", job_id=args.job_id, signal=int(signum))
     print(f"sent {reply['signal']} to {reply['count']} container(s) of job {args.job_id}")
     return 0
