@@ -19,13 +19,15 @@ import os
 import stat
 from pathlib import Path
 
-from cbatch.binds import Bind
+from cbatch.binds import SYSTEM_TREES, Bind
 from cbatch.spec import STREAM, Output
 
 _MS_BIND = 4096
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_FORBIDDEN = ("/proc", "/sys")
+# The target is the file's own path; a user who fakes it (ptrace, a private mount
+# namespace) must not be able to lay a file over the image's system folders.
+_FORBIDDEN = tuple(str(p) for p in SYSTEM_TREES)
 
 
 @dataclasses.dataclass

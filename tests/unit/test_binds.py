@@ -78,3 +78,20 @@ def test_missing_site_folder_fails_unless_optional():
     with pytest.raises(ContainerFailed, match="/nowhere is missing on this node"):
         binds.resolve(job, make_decision(mounts=[{"path": "/nowhere"}]), TORQUE)
     assert binds.resolve(job, make_decision(mounts=[{"path": "/nowhere", "optional": True}]), TORQUE)
+
+
+def test_output_files_in_system_folders_are_streamed_not_mounted(tmp_path):
+    from cbatch import outputs
+    with open(tmp_path / "job.OU", "a") as ok, open("/dev/null", "w") as null, \
+            open("/etc/hostname") as read_only:
+        assert outputs._classify(ok.fileno()).mode == "file"
+        assert outputs._classify(null.fileno()).mode == "null"
+        assert outputs._classify(read_only.fileno()).mode == "stream"  # not opened for writing
+    with open("/proc/self/status") as proc_file:
+        assert outputs._classify(proc_file.fileno()).mode == "stream"
+    system = Path("/var/lib/cbatch-test-output.OU")  # writable, but in a system folder
+    try:
+        with open(system, "a") as f:
+            assert outputs._classify(f.fileno()).mode == "stream"
+    finally:
+        system.unlink(missing_ok=True)
