@@ -127,9 +127,9 @@ class Engine:
             return created["Id"]
 
     def attach(self, container_id: str, stdout: bool, stderr: bool) -> socket.socket:
-        """Attach stdin (and the output streams asked for) before start; never logs=True."""
+        """Attach the output streams asked for, before start; never logs=True."""
         with _translate("be attached", container_id=container_id):
-            params = {"stdin": 1, "stream": 1, "stdout": int(stdout), "stderr": int(stderr)}
+            params = {"stream": 1, "stdout": int(stdout), "stderr": int(stderr)}
             raw = self.api.attach_socket(container_id, params=params)
             sock = getattr(raw, "_sock", raw)
             if sock is not raw:

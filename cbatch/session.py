@@ -154,7 +154,6 @@ class Session:
         if parent is None and self.cfg.pbs_track is not None and self.cfg.pbs_track.exists():
             threading.Thread(target=self._adopt, daemon=True, name="adopt").start()
         self._attach = attach
-        self._feed_stdin(attach, job.stdin)
 
     def _adopt(self) -> None:
         """pbs_track -a the container's init, so Torque counts it and qdel reaches it."""
@@ -205,7 +204,9 @@ class Session:
             self._attach = self.engine.attach(self.container_id, stdout=True, stderr=True)
         except CbatchError:  # it ended while the daemon was away: nothing left to stream
             self._attach = _closed_socket()
-        self.log.info("job_resumed")
+        if existing.get("State") == "created":  # the old daemon stopped before starting it
+            self.engine.start(self.container_id)
+        self.log.info("job_resumed", state=existing.get("State"))
 
     def _create(self, container: spec.ContainerSpec) -> str:
         """Create the job's container; a stale one of the same job (requeue) is replaced."""
@@ -225,15 +226,6 @@ class Session:
             self.log.info("stale_container_replaced", stale=existing["Id"][:12])
             self.engine.remove(existing["Id"])
         return self.engine.create(container)
-
-    def _feed_stdin(self, attach: socket.socket, data: bytes) -> None:
-        """Give the job's shell what pbs_mom gave the starter on stdin, then EOF."""
-        try:
-            if data:
-                attach.sendall(data)
-            attach.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            self.log.warning("stdin_not_delivered", error=str(exc))
 
     def _supervise(self) -> int:
         """Relay signals and output until the container exits; its wait status."""

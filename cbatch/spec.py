@@ -54,11 +54,13 @@ def labels(job: Job, image_alias: str) -> dict[str, str]:
 
 
 def command(job: Job, stdout: Output, stderr: Output) -> list[str]:
-    """The container's command: a one-line prologue, then the job's shell as pbs_mom runs it.
+    """The container's command: a short prologue, then the job's shell as pbs_mom runs it.
 
     The prologue restores what pbs_mom gives a native job and Docker does not: the umask,
     SIGPIPE ignored (inherited from pbs_mom), the output files, and for the job's top task
-    a login shell with argv[0] "-bash", as pbs_mom runs it without a job starter.
+    a login shell with argv[0] "-bash", as pbs_mom runs it without a job starter, reading
+    what pbs_mom wrote on stdin. That line travels inside the command (a here-document,
+    a pipe in bash 5.1 and later, as pbs_mom's is), so no daemon has to be alive to feed it.
     """
     steps = [f"umask {job.umask:04o}", "trap '' PIPE"]
     if "BASH_ENV" in job.env:  # only the job's shells may read it, not this prologue
@@ -69,13 +71,27 @@ def command(job: Job, stdout: Output, stderr: Output) -> list[str]:
     shell, args = job.argv[0], list(job.argv[1:])
     name = os.path.basename(shell)
     if job.task > 1:  # TM task: pbs_mom execs the spawned argv directly, no shell
-        steps.append('exec "$@"')
+        steps.append('exec "$@" </dev/null')
         return ["/bin/sh", "-c", "; ".join(steps), "cbatch", *job.argv]
+    stdin = _here_document(job.stdin)
     if name in _LOGIN_BY_ARGV0:
-        steps.append(shlex.join(["exec", "-a", "-" + name, shell, *args]))
+        steps.append(shlex.join(["exec", "-a", "-" + name, shell, *args]) + stdin)
         return [shell, "-c", "; ".join(steps)]
-    steps.append(shlex.join(["exec", shell, "-l", *args]))
+    steps.append(shlex.join(["exec", shell, "-l", *args]) + stdin)
     return ["/bin/sh", "-c", "; ".join(steps)]
+
+
+def _here_document(data: bytes) -> str:
+    """Redirect the shell's stdin to exactly these bytes (empty: /dev/null)."""
+    if not data:
+        return " </dev/null"
+    text = data.decode("utf-8", "surrogateescape")
+    if not text.endswith("\n"):
+        text += "\n"
+    delimiter = "CBATCH_STDIN"
+    while delimiter in text:
+        delimiter += "_"
+    return f" <<'{delimiter}'\n{text}{delimiter}\n"
 
 
 def _redirect(fd: int, out: Output) -> str:
@@ -126,7 +142,6 @@ def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output 
         "user": f"{job.uid}:{job.gid}",
         "environment": env,
         "working_dir": str(job.cwd),
-        "stdin_open": True,
         "tty": False,
         "labels": job_labels,
         "name": job.container_name,

@@ -265,3 +265,8 @@ def test_bash_env_is_read_by_the_login_shell_and_the_script_as_natively(run, tes
     _, script_pid, shell_pid = result.out.split()
     assert result.err == f"sourced-by {shell_pid}\nsourced-by {script_pid}\n"
     os.unlink(env_file)
+
+
+def test_the_jobs_shell_reads_its_script_line_from_a_pipe_as_natively(run):
+    result = run("#!/bin/bash\nreadlink /proc/$PPID/fd/0 | sed 's/:.*//'\nread -r rest || echo at-eof\n")
+    assert result.out == "pipe\nat-eof\n", result.err

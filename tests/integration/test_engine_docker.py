@@ -52,19 +52,6 @@ def test_output_after_a_silence_longer_than_the_client_timeout_still_arrives(ima
     e.close()
 
 
-def test_stdin_is_fed_then_closed(image):
-    e = engine.Engine()
-    cid = create(e, image, ["/bin/bash"])
-    sock = e.attach(cid, stdout=True, stderr=True)
-    e.start(cid)
-    sock.sendall(b"echo from-stdin; exit 4\n")
-    sock.shutdown(socket.SHUT_WR)
-    assert read_all(sock).endswith(b"from-stdin\n")
-    assert e.wait(cid) == 4
-    e.remove(cid)
-    e.close()
-
-
 def test_signal_death_is_reported_as_128_plus_n(image):
     e = engine.Engine()
     cid = create(e, image, ["/bin/sleep", "60"])

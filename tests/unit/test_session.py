@@ -6,6 +6,7 @@ import threading
 from structlog.testing import capture_logs
 
 from cbatch import config, protocol, session, torque
+from cbatch.peer import Peer
 from tests.unit.factories import DIGEST, make_job
 
 
@@ -25,7 +26,7 @@ class BrokenEngine:
         self.closed = True
 
 
-def run_session(mocker, engine, job):
+def run_session(mocker, engine, job, **request):
     mocker.patch.object(torque, "verify", return_value=job)
     mocker.patch.object(session.peer, "credentials",
                         return_value=job.peer)
@@ -33,7 +34,7 @@ def run_session(mocker, engine, job):
     daemon_end, starter_end = socket.socketpair()
     s = session.Session(daemon_end, cfg, engine_factory=lambda: engine)
     protocol.send(starter_end, protocol.KIND_REQUEST, b"x\n", v=protocol.VERSION,
-                  argv=["/bin/bash"], tty=False)
+                  argv=["/bin/bash"], tty=False, **request)
     with capture_logs() as logs:
         thread = threading.Thread(target=s.run)
         thread.start()
@@ -65,3 +66,56 @@ def test_refused_directive_is_one_error_frame_and_one_record(mocker, tmp_path):
                       "known keys: image"}
     record = next(r for r in logs if r["event"] == "job_refused")
     assert record["error"] == "DirectiveError" and record["line"] == 2 and record["uid"] == 1001
+
+
+class ResumableEngine:
+    """The engine a restarted daemon finds: the job's container, created but never started."""
+
+    def __init__(self, job):
+        self.job, self.calls = job, []
+
+    def find(self, name):
+        self.calls.append(("find", name))
+        return {"Id": "c0ffee" * 10, "State": "created", "Labels": {
+            "cbatch.starter_pid": str(self.job.peer.pid),
+            "cbatch.starter_start": str(self.job.peer.start_ticks), "cbatch.image": "el9"}}
+
+    def attach(self, cid, stdout, stderr):
+        a, b = socket.socketpair()
+        b.close()
+        return a
+
+    def start(self, cid):
+        self.calls.append(("start", cid))
+
+    def wait(self, cid):
+        return 4
+
+    def inspect(self, cid):
+        return {"State": {"OOMKilled": False}}
+
+    def kill(self, cid, sig):
+        pass
+
+    def remove(self, cid):
+        self.calls.append(("remove", cid))
+
+    def close(self):
+        pass
+
+
+def test_resume_starts_a_container_the_old_daemon_created_but_never_started(mocker, tmp_path):
+    job = make_job(home=tmp_path, cwd=tmp_path, env={})
+    engine = ResumableEngine(job)
+    header, logs = run_session(mocker, engine, job, resume=True)
+    assert header == {"t": "exit", "status": 4, "signal": None, "message": None}
+    assert [c[0] for c in engine.calls] == ["find", "start", "remove"]
+    assert next(r for r in logs if r["event"] == "job_resumed")["state"] == "created"
+
+
+def test_resume_without_the_jobs_container_is_a_node_side_failure(mocker, tmp_path):
+    job = make_job(home=tmp_path, cwd=tmp_path, env={})
+    engine = ResumableEngine(make_job(peer=Peer(pid=1, uid=1001, gid=1001, groups=(), start_ticks=2)))
+    header, _ = run_session(mocker, engine, job, resume=True)
+    assert header["t"] == "error" and header["status"] == 125
+    assert header["message"].startswith("cbatchd restarted and found no container of this job")

@@ -29,24 +29,37 @@ def test_name_and_labels_come_from_the_job():
     assert build(make_job(task=3)).name == "cbatch-12.vm-t3"
 
 
-def test_login_shell_prologue_restores_umask_sigpipe_and_argv0():
+SC_LINE = " <<'CBATCH_STDIN'\n/var/spool/torque/mom_priv/jobs/12.vm.SC\nCBATCH_STDIN\n"
+
+
+def test_login_shell_prologue_restores_umask_sigpipe_argv0_and_stdin():
     assert spec.command(make_job(), spec.STREAM, spec.STREAM) == [
-        "/bin/bash", "-c", "umask 0077; trap '' PIPE; exec -a -bash /bin/bash"]
+        "/bin/bash", "-c", "umask 0077; trap '' PIPE; exec -a -bash /bin/bash" + SC_LINE]
+
+
+@pytest.mark.parametrize("stdin,redirect", [
+    (b"", " </dev/null"),
+    (b"exec /x.SC a1 \"b 2\"\n", " <<'CBATCH_STDIN'\nexec /x.SC a1 \"b 2\"\nCBATCH_STDIN\n"),
+    (b"/x.SC CBATCH_STDIN\n", " <<'CBATCH_STDIN_'\n/x.SC CBATCH_STDIN\nCBATCH_STDIN_\n"),
+    (b"/x.SC $HOME `id`", " <<'CBATCH_STDIN'\n/x.SC $HOME `id`\nCBATCH_STDIN\n"),
+])
+def test_stdin_bytes_travel_as_a_quoted_here_document(stdin, redirect):
+    assert spec.command(make_job(stdin=stdin), spec.STREAM, spec.STREAM)[2].endswith(redirect)
 
 
 def test_output_files_are_appended_to_by_the_job_itself():
     out = spec.Output("file", Path("/spool/12.vm.OU"))
     err = spec.Output("file", Path("/spool/it's.ER"))
     cmd = spec.command(make_job(), out, err)[2]
-    assert "exec 1>>/spool/12.vm.OU 2>>'/spool/it'\"'\"'s.ER'" in cmd
+    assert "exec 1>>/spool/12.vm.OU 2>>'/spool/it'\"'\"'s.ER';" in cmd
     joined = spec.command(make_job(), out, spec.Output("file", out.path, same_as_stdout=True))[2]
     assert "exec 1>>/spool/12.vm.OU 2>&1;" in joined
     assert "exec 1>/dev/null" in spec.command(make_job(), spec.Output("null"), spec.STREAM)[2]
 
 
 @pytest.mark.parametrize("shell,expected", [
-    ("/bin/sh", ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec /bin/sh -l"]),
-    ("/bin/tcsh", ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec /bin/tcsh -l"]),
+    ("/bin/sh", ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec /bin/sh -l" + SC_LINE]),
+    ("/bin/tcsh", ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec /bin/tcsh -l" + SC_LINE]),
 ])
 def test_shells_without_exec_a_get_a_login_flag(shell, expected):
     assert spec.command(make_job(argv=(shell,)), spec.STREAM, spec.STREAM) == expected
@@ -54,7 +67,7 @@ def test_shells_without_exec_a_get_a_login_flag(shell, expected):
 
 def test_tm_task_runs_its_argv_without_a_shell():
     cmd = spec.command(make_job(task=2, argv=("/bin/sh", "-c", "echo hi")), spec.STREAM, spec.STREAM)
-    assert cmd == ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec \"$@\"", "cbatch",
+    assert cmd == ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec \"$@\" </dev/null", "cbatch",
                    "/bin/sh", "-c", "echo hi"]
 
 
@@ -84,7 +97,7 @@ def test_bash_env_reaches_the_jobs_shells_but_not_the_prologue():
     s = build(job)
     assert "BASH_ENV" not in s.create["environment"]
     assert s.create["entrypoint"][2] == ("umask 0077; trap '' PIPE; export BASH_ENV='/home/alice/"
-                                         "my env.sh'; exec -a -bash /bin/bash")
+                                         "my env.sh'; exec -a -bash /bin/bash" + SC_LINE)
 
 
 def test_container_goes_under_torques_job_cgroup_when_one_exists(tmp_path):
