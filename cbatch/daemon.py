@@ -17,9 +17,9 @@ from pathlib import Path
 
 import structlog
 
-from cbatch import config, logs, outputs, reconcile, server, systemd
+from cbatch import config, logs, outputs, protocol, reconcile, server, systemd
 from cbatch.engine import Engine
-from cbatch.errors import CbatchError, ConfigError
+from cbatch.errors import EXIT_NODE_FAILURE, CbatchError, ConfigError
 from cbatch.session import Session
 
 
@@ -37,7 +37,8 @@ class Daemon:
             self.log.info("placeholders_cleaned", count=removed)
         self.sweep()
         listener = server.bind(self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group)
-        srv = server.Server(listener, self._handle)
+        srv = server.Server(listener, self._handle, lambda: self.cfg.max_connections_per_user,
+                            self._refuse_crowded)
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -78,6 +79,19 @@ class Daemon:
         finally:
             with self.lock:
                 self.sessions.discard(session)
+
+    def _refuse_crowded(self, conn: socket.socket, uid: int) -> None:
+        """One error frame, then close: never a thread for a connection over the bound."""
+        self.log.warning("connection_refused", uid=uid, reason="too many connections",
+                         limit=self.cfg.max_connections_per_user)
+        try:
+            conn.setblocking(False)
+            protocol.send(conn, protocol.KIND_ERROR, status=EXIT_NODE_FAILURE,
+                          message="too many cbatch connections from your user on this node; "
+                                  "the job did not run; it can be requeued")
+        except OSError:
+            pass
+        conn.close()
 
     def sweep(self) -> None:
         with self.lock:

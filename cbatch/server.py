@@ -6,9 +6,12 @@ import grp
 import os
 import socket
 import stat
+import struct
 import threading
 from pathlib import Path
 from typing import Callable
+
+_UCRED = struct.Struct("3i")
 
 
 def bind(path: Path, mode: int, group: str | None) -> socket.socket:
@@ -40,24 +43,45 @@ def bind(path: Path, mode: int, group: str | None) -> socket.socket:
 
 
 class Server:
-    """Accepts connections and runs each in its own thread."""
+    """Accepts connections and runs each in its own thread, a bounded number per uid.
 
-    def __init__(self, sock: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    The bound keeps one user (or a runaway loop of theirs) from exhausting the daemon's
+    threads for everyone else's jobs; the uid is the kernel's, read at accept.
+    """
+
+    def __init__(self, sock: socket.socket, handle: Callable[[socket.socket], None],
+                 max_per_uid: Callable[[], int], refuse: Callable[[socket.socket, int], None]) -> None:
         self.sock = sock
         self.handle = handle
-        self.threads: set[threading.Thread] = set()
+        self.max_per_uid = max_per_uid
+        self.refuse = refuse
+        self.per_uid: dict[int, int] = {}
         self.lock = threading.Lock()
 
     def accept_one(self) -> None:
         conn, _ = self.sock.accept()
-        thread = threading.Thread(target=self._run, args=(conn,), daemon=True, name="session")
+        try:
+            uid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                _UCRED.size))[1]
+        except OSError:
+            conn.close()
+            return
         with self.lock:
-            self.threads.add(thread)
-        thread.start()
+            if self.per_uid.get(uid, 0) >= self.max_per_uid():
+                crowded = True
+            else:
+                crowded = False
+                self.per_uid[uid] = self.per_uid.get(uid, 0) + 1
+        if crowded:
+            self.refuse(conn, uid)
+            return
+        threading.Thread(target=self._run, args=(conn, uid), daemon=True, name="session").start()
 
-    def _run(self, conn: socket.socket) -> None:
+    def _run(self, conn: socket.socket, uid: int) -> None:
         try:
             self.handle(conn)
         finally:
             with self.lock:
-                self.threads.discard(threading.current_thread())
+                self.per_uid[uid] -= 1
+                if not self.per_uid[uid]:
+                    del self.per_uid[uid]

@@ -175,3 +175,26 @@ def test_wrong_version_and_out_of_order_frames_get_one_error(fuzz_daemon, frame,
         assert header["t"] == "error" and reply in header["message"]
         with pytest.raises(protocol.PeerClosed):
             protocol.recv(sock)
+
+
+def test_a_connection_flood_from_one_user_does_not_starve_the_others(image_ids, site_dirs,
+                                                                    test_user, run):
+    d = make_daemon(image_ids, site_dirs, socket={"max_connections_per_user": 20,
+                                                   "request_timeout_s": 30})
+    d.start()
+    flood = []
+    try:
+        for _ in range(60):  # root's idle connections, far over its bound
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(str(d.socket))
+            flood.append(sock)
+        time.sleep(0.5)
+        status = Path(f"/proc/{d.proc.pid}/status").read_text()
+        assert int(status.split("Threads:")[1].split()[0]) <= 22  # main + 20 + slack
+        refused = d.events("connection_refused")
+        assert len(refused) == 40 and refused[0]["uid"] == 0
+        assert run("#!/bin/bash\necho served\n", d=d).out == "served\n"  # another uid
+    finally:
+        for sock in flood:
+            sock.close()
+        d.cleanup()
