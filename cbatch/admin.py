@@ -29,12 +29,12 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask_daemon(args: argparse.Namespace, **request: object) -> dict:
+def _ask_daemon(args: argparse.Namespace, timeout_s: float = 30, **request: object) -> dict:
     """One admin request to cbatchd (root or the admin group)."""
     from cbatch import protocol
     cfg = config.load(args.config)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(30)
+        sock.settimeout(timeout_s)
         try:
             sock.connect(str(cfg.socket_path))
             protocol.send(sock, protocol.KIND_ADMIN, **request)
@@ -47,7 +47,15 @@ def _ask_daemon(args: argparse.Namespace, **request: object) -> dict:
 
 
 def ps(args: argparse.Namespace) -> int:
-    reply = _ask_daemon(args, op="ps")
+    try:
+        reply = _ask_daemon(args, op="ps")
+    except CbatchError as exc:
+        if os.geteuid() != 0:
+            raise
+        # the daemon is down or stuck: root can still see the jobs' containers in Docker
+        print(f"cbatch: {exc}; listing from Docker directly", file=sys.stderr)
+        from cbatch import adminops
+        reply = adminops.handle(_engine(), {"op": "ps"})
     keys = ("job_id", "task", "user", "image", "state", "container_id", "starter_pid")
     rows = [tuple(k.upper().replace("_ID", "").replace("STARTER_PID", "STARTER") for k in keys)]
     rows += [tuple(str(c.get(k, "?")) for k in keys) for c in reply.get("containers", [])]
@@ -94,12 +102,12 @@ def _health_problem(args: argparse.Namespace) -> str | None:
         cfg = config.load(args.config)
     except CbatchError as exc:
         return str(exc)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        try:
-            sock.connect(str(cfg.socket_path))
-        except OSError as exc:
-            return f"cbatchd is not running ({cfg.socket_path}: {exc.strerror})"
+    if not cfg.socket_path.exists():
+        return f"cbatchd is not running (no socket at {cfg.socket_path})"
+    try:
+        _ask_daemon(args, timeout_s=10, op="ping")
+    except CbatchError as exc:
+        return f"cbatchd is not answering ({exc})"
     try:
         from cbatch.engine import image_id
         engine = _engine()

@@ -24,7 +24,10 @@ def is_admin(cfg: Config, who: Peer) -> bool:
 
 
 def handle(engine: Engine, header: dict) -> dict:
+    """Serve one admin request; the reply's fields."""
     op = header.get("op")
+    if op == "ping":  # cbatch health: the daemon answers, not just accepts
+        return {"ok": True, "op": "ping"}
     if op == "ps":
         rows = []
         for c in engine.containers():

@@ -118,3 +118,27 @@ def test_systemd_unit_is_valid(tmp_path):
                             capture_output=True, text=True)
     problems = [line for line in result.stderr.splitlines() if "cbatchd.service" in line]
     assert not problems, problems
+
+
+def test_health_says_error_when_the_daemon_accepts_but_does_not_answer(daemon):
+    import os as os_
+    import signal as signal_
+    os_.kill(daemon.proc.pid, signal_.SIGSTOP)  # wedged: the socket still accepts
+    try:
+        result = cbatch("--config", str(daemon.config_path), "health", "--min-free-gb", "0")
+        assert result.stdout.startswith("ERROR cbatch: cbatchd is not answering")
+    finally:
+        os_.kill(daemon.proc.pid, signal_.SIGCONT)
+
+
+def test_ps_falls_back_to_docker_when_the_daemon_is_down(fresh_daemon, submit):
+    fresh_daemon.start()
+    job = submit("#!/bin/bash\nsleep 30\n", d=fresh_daemon)
+    fresh_daemon.wait_for_event("container_started", job_id=job.spec.job_id)
+    fresh_daemon.stop(__import__("signal").SIGKILL)
+    listing = cbatch("--config", str(fresh_daemon.config_path), "ps")
+    assert listing.returncode == 0 and "listing from Docker directly" in listing.stderr
+    assert any(line.startswith(job.spec.job_id) for line in listing.stdout.splitlines())
+    fresh_daemon.start()  # the job resumes; end it
+    job.qdel(0.5)
+    assert job.wait(30) == 271
