@@ -270,3 +270,10 @@ def test_bash_env_is_read_by_the_login_shell_and_the_script_as_natively(run, tes
 def test_the_jobs_shell_reads_its_script_line_from_a_pipe_as_natively(run):
     result = run("#!/bin/bash\nreadlink /proc/$PPID/fd/0 | sed 's/:.*//'\nread -r rest || echo at-eof\n")
     assert result.out == "pipe\nat-eof\n", result.err
+
+
+def test_job_silent_longer_than_every_client_timeout_still_streams(run):
+    """75 s of silence: past docker-py's 60 s default and the daemon's request timeout."""
+    script = "#!/bin/bash\necho before\nsleep 75\necho after\necho late-err >&2\n"
+    result = run(script, timeout=150, pipe_output=True)
+    assert (result.status, result.out, result.err) == (0, "before\nafter\n", "late-err\n")
