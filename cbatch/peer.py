@@ -42,11 +42,6 @@ def credentials(sock: socket.socket, proc: Path = PROC) -> Peer:
     return Peer(pid, uid, gid, tuple(int(g) for g in groups), stat(pid, proc).start_ticks)
 
 
-def server_uid(sock: socket.socket) -> int:
-    """Uid of the process that listens on the other end (for the starter's check)."""
-    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[1]
-
-
 def stat(pid: int, proc: Path = PROC) -> ProcStat:
     """Parse /proc/<pid>/stat (comm may contain spaces and parentheses)."""
     raw = (proc / str(pid) / "stat").read_text()
