@@ -12,17 +12,16 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import docker
 
 from cbatch import demo, engine, momjob, momsim
+from cbatch.localnode import LocalNode
 
 GIB = 2**30
 
@@ -31,28 +30,15 @@ class Bench:
     def __init__(self) -> None:
         self.user = demo.ensure_user("cbatch-demo")
         self.image = demo.ensure_image(engine.Engine())
-        self.work = Path(tempfile.mkdtemp(prefix="cbatch-bench-"))
-        os.chmod(self.work, 0o755)
-        self.sock = self.work / "cbatchd.sock"
-        cfg = self.work / "cbatch.yaml"
-        cfg.write_text(f"socket: {{path: {self.sock}}}\ntorque: {{home: {self.work / 'torque'}}}\n"
-                       f"images:\n  default: demo\n  aliases:\n    demo: {{ref: '{self.image}'}}\n")
-        self.starter = str(momjob.install_starter(self.work / "starter"))
-        self.log = self.work / "cbatchd.log"
-        with open(self.log, "w") as log:
-            self.daemon = subprocess.Popen([sys.executable, "-m", "cbatch.daemon", "--config",
-                                            str(cfg)], stderr=log, start_new_session=True)
-        while not self.sock.exists():
-            time.sleep(0.05)
+        self.node = LocalNode({"demo": self.image}, "demo", prefix="cbatch-bench-")
+        self.node.start()
         self.api = docker.APIClient(version="1.41")
         self.count = 0
 
     def job(self, script: str, native: bool = False) -> tuple[int, float, str, str]:
         self.count += 1
-        spec = momsim.JobSpec(user=self.user.pw_name, job_id=f"{self.count}.bench",
-                              torque_home=str(self.work / "torque"), script=script,
-                              starter="/usr/bin/env" if native else self.starter,
-                              mom_env={"CBATCH_SOCKET": str(self.sock)})
+        spec = self.spec(f"{self.count}.bench", script,
+                         **({"starter": "/usr/bin/env"} if native else {}))
         j = momjob.MomJob(spec)
         try:
             status = j.wait(900)
@@ -61,14 +47,15 @@ class Bench:
         finally:
             j.cleanup()
 
+    def spec(self, job_id: str, script: str, **kwargs) -> momsim.JobSpec:
+        return self.node.job_spec(self.user.pw_name, job_id, script, **kwargs)
+
     def many(self, n: int) -> list[tuple[int, float]]:
         """n trivial jobs started at once by one pbs_mom process: (status, seconds) each."""
         specs = []
         for _ in range(n):
             self.count += 1
-            spec = momsim.JobSpec(user=self.user.pw_name, job_id=f"{self.count}.bench",
-                                  torque_home=str(self.work / "torque"), script="#!/bin/bash\ntrue\n",
-                                  starter=self.starter, mom_env={"CBATCH_SOCKET": str(self.sock)})
+            spec = self.spec(f"{self.count}.bench", "#!/bin/bash\ntrue\n")
             momsim.stage(spec)
             specs.append(dataclasses.asdict(spec))
         out = subprocess.run([sys.executable, "-m", "cbatch.momsim", "--many", json.dumps(specs)],
@@ -89,15 +76,13 @@ class Bench:
 
     def phases(self) -> list[dict]:
         """Per job: the session's phases and the removal that follows the job's end."""
-        rows = [json.loads(line) for line in self.log.read_text().splitlines()
-                if line.startswith("{")]
+        rows = self.node.records()
         removal = {r["job_id"]: r["removal_ms"] for r in rows if r["event"] == "container_removed"}
         return [{**r["phases_ms"], "removal (after exit)": removal.get(r["job_id"], 0.0)}
                 for r in rows if r["event"] == "job_finished"]
 
     def close(self) -> None:
-        self.daemon.send_signal(signal.SIGTERM)
-        self.daemon.wait()
+        self.node.cleanup()
         self.api.close()
 
 
@@ -201,9 +186,9 @@ def output(b: Bench, rounds: int) -> None:
 
 
 def footprint(b: Bench, jobs: int) -> None:
-    idle = _status(b.daemon.pid)
+    idle = _status(b.node.proc.pid)
     runs = []
-    for cmd in ([b.starter, "/bin/bash"], ["/usr/bin/python3", "-I", "-c", "pass"]):
+    for cmd in ([b.node.starter, "/bin/bash"], ["/usr/bin/python3", "-I", "-c", "pass"]):
         samples = []
         for _ in range(10):
             start = time.monotonic()
@@ -212,17 +197,15 @@ def footprint(b: Bench, jobs: int) -> None:
             samples.append(time.monotonic() - start)
         runs.append(statistics.median(samples))
     starter_start, python_start = runs
-    running = [momjob.MomJob(momsim.JobSpec(
-        user=b.user.pw_name, job_id=f"fp{i}.bench", torque_home=str(b.work / "torque"),
-        script="#!/bin/bash\nsleep 30\n", starter=b.starter,
-        mom_env={"CBATCH_SOCKET": str(b.sock)})) for i in range(jobs)]
+    running = [momjob.MomJob(b.spec(f"{90000 + i}.bench", "#!/bin/bash\nsleep 30\n"))
+               for i in range(jobs)]
     time.sleep(8)
     loaded = [b.job("#!/bin/bash\ntrue\n")[1] for _ in range(5)]
-    busy = _status(b.daemon.pid)
+    busy = _status(b.node.proc.pid)
     starter_rss = _status(running[0].starter_pid)["VmRSS"]
-    cpu0 = _cpu_s(b.daemon.pid)
+    cpu0 = _cpu_s(b.node.proc.pid)
     time.sleep(10)
-    cpu_silent = _cpu_s(b.daemon.pid) - cpu0
+    cpu_silent = _cpu_s(b.node.proc.pid) - cpu0
     for j in running:
         j.wait(120)
         j.cleanup()

@@ -83,6 +83,16 @@ class Config:
     def image(self, alias: str) -> Image | None:
         return next((i for i in self.images if i.alias == alias), None)
 
+    @property
+    def placeholder_dir(self) -> Path:
+        """Where the daemon mounts job output files for Docker (beside its socket)."""
+        return self.socket_path.parent / "out"
+
+    @property
+    def uses_groups(self) -> bool:
+        """Does any image or mount audience name groups (worth resolving gids to names)?"""
+        return any(a.audience.groups for a in (*self.images, *self.mounts))
+
 
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that remembers the line of every mapping key."""

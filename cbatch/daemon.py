@@ -32,7 +32,7 @@ class Daemon:
         self.lock = threading.Lock()
 
     def serve(self) -> int:
-        removed = outputs.clean(self.cfg.socket_path.parent / "out")
+        removed = outputs.clean(self.cfg.placeholder_dir)
         if removed:
             self.log.info("placeholders_cleaned", count=removed)
         self.sweep()

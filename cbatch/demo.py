@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-from cbatch import config, engine as engine_, momjob, momsim, rootfs
+from cbatch import config, engine as engine_, momjob, rootfs
+from cbatch.localnode import LocalNode
 
 DEMO_IMAGE = "cbatch-demo:latest"
 SCRIPT = """#!/bin/bash
@@ -59,43 +55,22 @@ def run(user: str, keep: bool = False) -> int:
         return 1
     entry = ensure_user(user)
     image = ensure_image(engine_.Engine())
-    work = Path(tempfile.mkdtemp(prefix="cbatch-demo-"))
-    os.chmod(work, 0o755)
-    starter = str(momjob.install_starter(work / "starter"))
-    cfg_path = work / "cbatch.yaml"
-    sock = work / "cbatchd.sock"
-    cfg_path.write_text(f"""
-socket: {{path: {sock}}}
-torque: {{home: {work / 'torque'}}}
-images:
-  default: demo
-  aliases:
-    demo: {{ref: "{image}"}}
-logging: {{format: console}}
-""")
-    config.load(cfg_path)
-    log = open(work / "cbatchd.log", "w")
-    daemon = subprocess.Popen([sys.executable, "-m", "cbatch.daemon", "--config", str(cfg_path)],
-                              stderr=log, start_new_session=True)
+    node = LocalNode({"demo": image}, "demo", {"logging": {"format": "console"}},
+                     prefix="cbatch-demo-")
     try:
-        for _ in range(100):
-            if sock.exists():
-                break
-            time.sleep(0.1)
-        spec = momsim.JobSpec(user=user, job_id="1.demo", torque_home=str(work / "torque"),
-                              script=SCRIPT, starter=starter, job_name="demo",
-                              submit_args="first second", mom_env={"CBATCH_SOCKET": str(sock)})
+        node.start()
+        spec = node.job_spec(user, "1.demo", SCRIPT, job_name="demo",
+                             submit_args="first second")
         job = momjob.MomJob(spec)
         status = job.wait()
         out, err = job.output()
         print(f"--- {job.paths['out']} ---\n{out}--- {job.paths['err']} ---\n{err}"
               f"--- Torque would record exit_status={status} (the script exits 3) ---")
         print(f"demo: job ran as {entry.pw_name} in image {image[:19]}; daemon log: "
-              f"{work / 'cbatchd.log'}" if keep else "demo: done")
+              f"{node.log_path}" if keep else "demo: done")
         return 0 if status == 3 else 1
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=10)
-        log.close()
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
+        if keep:
+            node.stop()
+        else:
+            node.cleanup()

@@ -6,6 +6,7 @@ Runs when the daemon starts, periodically while it runs, and from `cbatch cleanu
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, Iterable
 
 from cbatch import peer
@@ -43,14 +44,25 @@ def orphans(containers: Iterable[dict], busy: set[str],
     return found
 
 
-def sweep(engine: Engine, busy: set[str] = frozenset()) -> tuple[list[Leftover], list[str]]:
-    """Remove orphaned containers; (removed, still present after removal)."""
+def sweep(engine: Engine, busy: set[str] = frozenset(),
+          settle_s: float = 5.0) -> tuple[list[Leftover], list[str]]:
+    """Remove orphaned containers; (removed, still present after removal).
+
+    When someone else is removing the same container (the daemon's sweep and `cbatch
+    cleanup` at once), Docker answers "removal in progress" and still lists it for a
+    moment, so the verifying list is repeated for up to settle_s before it counts as failed.
+    """
     leftovers = orphans(engine.containers(), set(busy))
     for item in leftovers:
         try:
             engine.remove(item.container_id)
         except CbatchError:
             pass  # reported below by listing again
-    remaining_ids = {c["Id"] for c in engine.containers()}
-    failed = [i.container_id for i in leftovers if i.container_id in remaining_ids]
-    return [i for i in leftovers if i.container_id not in remaining_ids], failed
+    pending = {i.container_id for i in leftovers}
+    deadline = time.monotonic() + settle_s
+    while pending:
+        pending &= {c["Id"] for c in engine.containers()}
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return [i for i in leftovers if i.container_id not in pending], sorted(pending)

@@ -18,11 +18,12 @@ from typing import Callable
 import structlog
 
 from cbatch import adminops as admin
-from cbatch import adopt, binds, cgroups, demux, directives, outputs, peer, policy, protocol, spec, torque
+from cbatch import adopt, binds, cgroups, demux, directives, outputs, peer, policy, protocol
+from cbatch import reconcile, spec, torque
 from cbatch.config import Config
 from cbatch.engine import Engine
 from cbatch.relay import Relay
-from cbatch.errors import CbatchError, ContainerFailed, EXIT_NODE_FAILURE, NotATorqueJob
+from cbatch.errors import EXIT_NODE_FAILURE, EXIT_REFUSED, CbatchError, ContainerFailed, NotATorqueJob
 from cbatch.errors import EngineError, EngineUnavailable
 from cbatch.errors import AdminRefused, PolicyDenied, ProtocolError
 
@@ -122,12 +123,11 @@ class Session:
 
     def _launch(self, job: torque.Job, fds: list[int]) -> None:
         found = directives.parse(job.script_text)
-        decision = policy.decide(self.cfg, job.user, _group_names(job.groups), job.queue,
-                                 found)
+        groups = _group_names(job.groups) if self.cfg.uses_groups else frozenset()
+        decision = policy.decide(self.cfg, job.user, groups, job.queue, found)
         self.log = self.log.bind(image=decision.image.alias, digest=decision.image.ref)
         mounts = binds.resolve(job, decision, self.cfg.torque_home)
-        plan = self.plan = outputs.plan(fds, job.container_name,
-                                        self.cfg.socket_path.parent / "out")
+        plan = self.plan = outputs.plan(fds, job.container_name, self.cfg.placeholder_dir)
         self.engine = self.engine_factory()
         parent = (cgroups.torque_parent(job.job_id, self.engine.cgroup_driver())
                   if self.cfg.job_cgroup else None)
@@ -215,13 +215,10 @@ class Session:
         except ContainerFailed as exc:
             if exc.fields.get("status_code") != 409:
                 raise
-        existing = self.engine.find(container.name) or {}
-        labels = existing.get("Labels") or {}
-        pid = int(labels.get("cbatch.starter_pid", "0") or 0)
-        ticks = int(labels.get("cbatch.starter_start", "0") or 0)
-        if existing and peer.is_alive(pid, ticks):
+        existing = self.engine.find(container.name)
+        if existing and not reconcile.orphans([existing], busy=set()):  # its starter lives
             raise NotATorqueJob("this job task already runs in a container on this node",
-                                other_container=existing.get("Id", "")[:12])
+                                other_container=existing["Id"][:12])
         if existing:
             self.log.info("stale_container_replaced", stale=existing["Id"][:12])
             self.engine.remove(existing["Id"])
@@ -261,9 +258,6 @@ class Session:
                 time.sleep(0.5)
 
     def _finish(self, status: int, started: float) -> None:
-        # Docker flags OOMKilled when any process of the job was OOM-killed, even if the
-        # job lived on: worth the one round trip, so the owner learns why.
-        state = self.engine.inspect(self.container_id).get("State", {})
         if self.init_failure is not None:
             shell = self.job.argv[0]
             raise PolicyDenied(f"the image has no {shell} (the job's shell) or it cannot "
@@ -274,6 +268,9 @@ class Session:
                                                              128 + signal.SIGKILL):
             raise EngineError("the job was stopped by a restart of the container engine on "
                               "this node; it can be requeued", exit_code=status)
+        # Docker flags OOMKilled when any process of the job was OOM-killed, even if the
+        # job lived on: worth the one round trip, so the owner learns why.
+        state = self.engine.inspect(self.container_id).get("State", {})
         message = None
         if state.get("OOMKilled"):
             limit = self.job.rlimits.get("rss", (-1, -1))[0]
@@ -297,7 +294,7 @@ class Session:
 
     def _refuse(self, exc: CbatchError) -> None:
         fields = exc.log_fields()
-        if isinstance(exc, (NotATorqueJob,)) or exc.exit_status != EXIT_NODE_FAILURE:
+        if exc.exit_status == EXIT_REFUSED:  # the user's side: an expected refusal
             self.log.warning("job_refused", exit_status=exc.exit_status, **fields)
         else:
             self.log.error("job_failed", exit_status=exc.exit_status,

@@ -93,12 +93,8 @@ def fresh_daemon(image_ids, site_dirs, test_user):
 
 
 def job_spec(d: DaemonUnderTest, script: str, **kwargs) -> momsim.JobSpec:
-    number = next(_ids)
-    job_id = kwargs.pop("job_id", f"{number}{int(time.time() * 1000) % 100000}.vm")
-    mom_env = {"CBATCH_SOCKET": str(d.socket), **kwargs.pop("mom_env", {})}
-    kwargs.setdefault("starter", d.starter)
-    return momsim.JobSpec(user=USER, job_id=job_id, torque_home=str(d.torque_home),
-                          script=script, mom_env=mom_env, **kwargs)
+    job_id = kwargs.pop("job_id", f"{next(_ids)}{int(time.time() * 1000) % 100000}.vm")
+    return d.job_spec(USER, job_id, script, **kwargs)
 
 
 @pytest.fixture
