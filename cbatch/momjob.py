@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from cbatch.momsim import JobSpec, stage
@@ -90,6 +91,19 @@ class MomJob:
             self.proc.kill()
             raise TimeoutError(f"job {self.spec.job_id} did not end within {timeout} s")
         return result[0]
+
+    def wait_for_output(self, text: str, timeout: float = 30) -> None:
+        """Block until the job's .OU holds `text` (the job reached a known point)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if text in self.paths["out"].read_text(errors="replace"):
+                    return
+            except FileNotFoundError:
+                pass  # pbs_mom's child has not opened it yet
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise TimeoutError(f"job {self.spec.job_id} did not print {text!r}")
+            time.sleep(0.05)
 
     def output(self) -> tuple[str, str]:
         """The job's .OU and .ER contents (as Torque would deliver them)."""

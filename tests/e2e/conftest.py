@@ -78,7 +78,9 @@ def make_daemon(image_ids, site_dirs, **extra) -> DaemonUnderTest:
 
 @pytest.fixture(scope="session")
 def daemon(image_ids, site_dirs, test_user):
-    d = make_daemon(image_ids, site_dirs)
+    # Its periodic sweep would remove the containers other tests make by hand, or leave on
+    # purpose for another daemon or `cbatch cleanup` to find: it sweeps only at its start.
+    d = make_daemon(image_ids, site_dirs, container={"sweep_interval_s": 24 * 3600})
     d.start()
     yield d
     d.cleanup()

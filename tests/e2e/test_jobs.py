@@ -127,8 +127,7 @@ def test_qdel_ends_the_job_as_torque_records_natively(submit, daemon):
 def test_trapped_sigterm_reaches_the_script(submit, daemon):
     script = "#!/bin/bash\ntrap 'echo got-TERM; exit 9' TERM\necho ready\nwhile :; do sleep 0.1; done\n"
     job = submit(script)
-    daemon.wait_for_event("container_started", job_id=job.spec.job_id)
-    time.sleep(0.5)
+    job.wait_for_output("ready\n")  # the trap is set
     job.qdel(kill_delay_s=5)
     assert job.wait(30) == 271
     assert job.output()[0].startswith("ready\n")
@@ -141,8 +140,7 @@ def test_trapped_sigterm_reaches_the_script(submit, daemon):
 def test_qsig_delivers_signals_as_natively(submit, daemon, signum, trap, expected):
     script = f"#!/bin/bash\n{trap}\necho ready\nwhile :; do sleep 0.1; done\n"
     job = submit(script)
-    daemon.wait_for_event("container_started", job_id=job.spec.job_id)
-    time.sleep(0.5)
+    job.wait_for_output("ready\n")  # the trap is set
     job.signal(signum)
     assert job.wait(30) == expected
     if signum == signal.SIGINT:
