@@ -71,7 +71,8 @@ def resolve(job: Job, decision: Decision, torque_home: Path) -> tuple[Bind, ...]
     if tmpdir and is_job_path(tmpdir, decision.workdir_roots, torque_home) \
             and not _inside(tmpdir, binds):
         add(tmpdir, tmpdir, False)
-    add(job.script, job.script, True)  # read-only: the job runs it, never edits it
+    if job.script is not None:
+        add(job.script, job.script, True)  # read-only: the job runs it, never edits it
     return tuple(sorted(binds.values(), key=lambda b: (len(b.target.parts), str(b.target))))
 
 

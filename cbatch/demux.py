@@ -1,7 +1,8 @@
 """Split Docker's multiplexed attach stream into the job's stdout and stderr.
 
 Each Docker frame is an 8-byte header (stream number, three zero bytes, big-endian size)
-and that many bytes. A message from docker-init on stderr means the job's command could
+and that many bytes; a container with a terminal (interactive jobs) sends its bytes
+as they are. A message from docker-init on stderr means the job's command could
 not even be executed; it is kept apart instead of reaching the job's error file.
 """
 
@@ -35,6 +36,20 @@ def pump(attach: socket.socket, emit: Callable[[int, bytes], bool]) -> str | Non
             continue
         if stream in (STDOUT, STDERR) and not emit(stream, data):
             return init_failure
+
+
+def pump_terminal(attach: socket.socket, emit: Callable[[int, bytes], bool]) -> str | None:
+    """pump() for a container's terminal: one stream of raw bytes, all of it stdout."""
+    first = True
+    while chunk := attach.recv(65536):
+        if first and chunk.startswith(INIT_FAILURE):
+            while more := attach.recv(65536):  # the rest of the message, up to the end
+                chunk = (chunk + more)[:4096]
+            return chunk.decode("utf-8", "replace")
+        first = False
+        if not emit(STDOUT, chunk):
+            return None
+    return None
 
 
 def _read_exact(sock: socket.socket, size: int) -> bytes:

@@ -20,6 +20,9 @@ from cbatch.errors import ContainerFailed, EngineError, EngineUnavailable, Image
 from cbatch.spec import LABEL, ContainerSpec
 
 API_VERSION = "1.41"  # Docker 20.10 and later; fixed, so no version round trip per job
+# Docker ends an attach when this sequence is typed (default ctrl-p,ctrl-q, which shells
+# and editors use); four rarely typed control keys in a row instead.
+DETACH_KEYS = "ctrl-^,ctrl-],ctrl-_,ctrl-^"
 _pull_locks: dict[str, threading.Lock] = {}
 _driver: str | None = None
 _present: set[str] = set()  # pinned refs seen on this node: immutable, so never re-checked
@@ -126,16 +129,29 @@ class Engine:
                 host_config=self.api.create_host_config(**host_config), **spec.create)
             return created["Id"]
 
-    def attach(self, container_id: str, stdout: bool, stderr: bool) -> socket.socket:
-        """Attach the output streams asked for, before start; never logs=True."""
+    def attach(self, container_id: str, stdout: bool, stderr: bool,
+               stdin: bool = False) -> socket.socket:
+        """Attach the streams asked for, before start; never logs=True.
+
+        With stdin (an interactive job's terminal), what is sent on the socket is typed
+        into the container's terminal; Docker's detach sequence cannot be switched off,
+        so it is set to one nobody types.
+        """
         with _translate("be attached", container_id=container_id):
             params = {"stream": 1, "stdout": int(stdout), "stderr": int(stderr)}
+            if stdin:
+                params.update(stdin=1, detachKeys=DETACH_KEYS)
             raw = self.api.attach_socket(container_id, params=params)
             sock = getattr(raw, "_sock", raw)
             if sock is not raw:
                 raw.close()  # drop the file wrapper's reference; sock.close() then frees the fd
             sock.settimeout(None)  # a job may be silent for hours
             return sock
+
+    def resize(self, container_id: str, rows: int, cols: int) -> None:
+        """Set the size of a container's terminal (interactive jobs)."""
+        with _translate("be resized", container_id=container_id):
+            self.api.resize(container_id, height=rows, width=cols)
 
     def start(self, container_id: str) -> None:
         with _translate("start", container_id=container_id):

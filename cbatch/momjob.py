@@ -65,6 +65,14 @@ class MomJob:
     def signal(self, signum: int) -> None:
         self.command(f"signal {int(signum)}")
 
+    def type(self, keys: str) -> None:
+        """Type on an interactive job's terminal (as its owner would in qsub -I)."""
+        self.command("type " + json.dumps(keys))
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Resize an interactive job's terminal (the owner's window)."""
+        self.command(f"winsize {rows} {cols}")
+
     def wait(self, timeout: float = 120) -> int:
         """Torque's exit_status for the job."""
         line = self._readline(timeout)
@@ -106,9 +114,11 @@ class MomJob:
             time.sleep(0.05)
 
     def output(self) -> tuple[str, str]:
-        """The job's .OU and .ER contents (as Torque would deliver them)."""
+        """The job's .OU and .ER contents (as Torque would deliver them); for an
+        interactive job, what its terminal showed, and no .ER."""
         out = self.paths["out"].read_text(errors="replace")
-        err = "" if self.spec.join else self.paths["err"].read_text(errors="replace")
+        err = ("" if self.spec.join or self.spec.interactive
+               else self.paths["err"].read_text(errors="replace"))
         return out, err
 
     def cleanup(self) -> None:

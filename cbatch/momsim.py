@@ -11,22 +11,33 @@ kill_task(): signals go to every process whose session is the starter's; qdel is
 SIGTERM then SIGKILL after kill_delay; other signals arrive about four times; when the
 starter exits, the rest of its session gets TERM and KILL at once.
 
+An interactive job (qsub -I) follows §1b: pbs_mom's child calls setsid, takes a pty as
+its terminal and stays behind as the root session leader; its child, with the pty as fds
+0-2 and PBS_ENVIRONMENT=PBS_INTERACTIVE, execs the starter; when that child ends, the
+leader kills its own process group, so Torque records 265 whatever the shell's status.
+The harness plays qsub's side of the pty: what the terminal shows is appended to the
+job's .OU path (the transcript; natively there is no .OU), keystrokes come by command.
+
 Run as ``python -m cbatch.momsim '<json JobSpec>'``; it prints JSON lines on stdout
 ({"starter_pid": N}, then {"exit_status": N}) and takes commands on stdin
-("qdel <kill_delay_s>", "signal <N>", "suspend", "resume", "walltime <limit_s>").
+("qdel <kill_delay_s>", "signal <N>", "suspend", "resume", "walltime <limit_s>", and for
+interactive jobs "type <json string>", "winsize <rows> <cols>").
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import fcntl
 import json
 import os
 import pwd
 import resource
 import secrets
 import signal
+import struct
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -58,6 +69,9 @@ class JobSpec:
     pipe_output: bool = False  # fds 1/2 are pipes (as TM tasks' sockets to pbs_demux)
     tm_argv: list | None = None  # a TM task (pbsdsh, mpiexec): argv spawned without a shell
     tm_task: int = 2
+    interactive: bool = False  # qsub -I: the job's fds 0-2 are a pty (empty script: none)
+    term: str = "xterm"  # TERM, taken from qsub's terminal
+    winsize: tuple = (24, 80)  # qsub's terminal: rows, columns
 
     @property
     def prefix(self) -> str:
@@ -85,9 +99,10 @@ def stage(spec: JobSpec) -> dict[str, Path]:
         (home / folder).mkdir(parents=True, exist_ok=True)
         os.chmod(home / folder, mode)
     p = paths(spec)
-    p["script"].write_text(spec.script)
-    os.chmod(p["script"], 0o700)
-    os.chown(p["script"], entry.pw_uid, entry.pw_gid)
+    if spec.script or not spec.interactive:
+        p["script"].write_text(spec.script)
+        os.chmod(p["script"], 0o700)
+        os.chown(p["script"], entry.pw_uid, entry.pw_gid)
     p["nodefile"].write_text("".join(f"{os.uname().nodename}\n" for _ in range(spec.ppn)))
     if spec.tmpdir:
         p["tmpdir"].parent.mkdir(mode=0o1777, exist_ok=True)
@@ -126,6 +141,10 @@ def environment(spec: JobSpec) -> dict[str, str]:
         "PBS_MICFILE": f"{home}/aux//{spec.job_id}mic",
         "PBS_WALLTIME": "3600", "PBS_ENVIRONMENT": "PBS_BATCH", "ENVIRONMENT": "BATCH",
     })
+    if spec.interactive:
+        env["PBS_ENVIRONMENT"] = "PBS_INTERACTIVE"
+        env["TERM"] = spec.term
+        del env["ENVIRONMENT"]
     if spec.tmpdir and "TMPDIR" not in spec.job_env:
         env["TMPDIR"] = str(paths(spec)["tmpdir"])
     if spec.tm_argv:  # TM tasks: their own task number, no top-task-only variables
@@ -174,7 +193,8 @@ def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
     """In the forked child: become the job's process and exec the starter."""
     try:
         entry = pwd.getpwnam(spec.user)
-        os.setsid()
+        if not spec.interactive:  # the interactive job's child stays in its leader's session
+            os.setsid()
         for name, (soft, hard) in spec.rlimits.items():  # mom_set_limits()
             resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (soft, hard))
         os.initgroups(spec.user, entry.pw_gid)
@@ -184,8 +204,11 @@ def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         if not spec.tm_argv:
             flags |= os.O_EXCL  # the top task creates the spool files; TM tasks append
-        out = os.open(p["out"], flags, 0o666)
-        err = out if spec.join else os.open(p["err"], flags, 0o666)
+        if spec.interactive:  # fds 0-2 are the job's terminal
+            out = err = stdin_r
+        else:
+            out = os.open(p["out"], flags, 0o666)
+            err = out if spec.join else os.open(p["err"], flags, 0o666)
         if pipes:  # the demux side (parent) copies the pipes into the files
             os.close(out)
             if err != out:
@@ -196,6 +219,8 @@ def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
         os.chdir(spec.initdir or entry.pw_dir)
         if spec.tm_argv:  # TM tasks: stdin is /dev/null, no stray fds
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        elif spec.interactive:
+            os.dup2(stdin_r, 0)
         else:
             os.dup2(stdin_r, 0)
             os.dup2(stdin_r, 9)  # the stray copy pbs_mom leaves open (contract §1a)
@@ -205,7 +230,7 @@ def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
         for fd in {stdin_r, extra_r, out, err}:
             if fd > 2 and fd not in (9, 14):
                 os.close(fd)
-        for fd in (0, 1, 2) if spec.tm_argv else (0, 1, 2, 9, 14):
+        for fd in (0, 1, 2) if spec.tm_argv or spec.interactive else (0, 1, 2, 9, 14):
             os.set_inheritable(fd, True)
         for signum in range(1, signal.NSIG):
             try:
@@ -221,14 +246,23 @@ def _child(spec: JobSpec, p: dict[str, Path], env: dict[str, str], stdin_r: int,
         os._exit(127)
 
 
+@dataclasses.dataclass
+class Started:
+    session: int  # the job's session id: what pbs_mom reaps and signals
+    starter: int  # the starter's pid (the session itself, but for interactive jobs)
+    forked: float
+    copiers: list[threading.Thread]
+    terminal: int | None = None  # qsub's side of an interactive job's pty
+
+
 def run(spec: JobSpec) -> tuple[int, float]:
     """The pbs_mom side of one job: start it, obey commands, return Torque's exit_status."""
     ctypes.CDLL(None).prctl(_PR_SET_NAME, b"pbs_mom", 0, 0, 0)
-    pid, forked, copiers = _start(spec)
-    print(json.dumps({"starter_pid": pid}), flush=True)
+    job = _start(spec)
+    print(json.dumps({"starter_pid": job.starter}), flush=True)
     overlimit = threading.Event()
-    threading.Thread(target=_commands, args=(pid, paths(spec), overlimit), daemon=True).start()
-    status, starter_s = _reap(pid, forked, copiers)
+    threading.Thread(target=_commands, args=(job, paths(spec), overlimit), daemon=True).start()
+    status, starter_s = _reap(job)
     if overlimit.is_set():
         return -11, starter_s  # JOB_EXEC_OVERLIMIT_WT: pbs_mom's code wins over the starter's
     return status, starter_s
@@ -241,7 +275,7 @@ def run_many(specs: list[JobSpec]) -> list[tuple[int, float]]:
     results: list[tuple[int, float]] = [(0, 0.0)] * len(specs)
 
     def reap(i: int) -> None:
-        results[i] = _reap(*started[i])
+        results[i] = _reap(started[i])
 
     threads = [threading.Thread(target=reap, args=(i,)) for i in range(len(specs))]
     for t in threads:
@@ -251,9 +285,11 @@ def run_many(specs: list[JobSpec]) -> list[tuple[int, float]]:
     return results
 
 
-def _start(spec: JobSpec) -> tuple[int, float, list[threading.Thread]]:
+def _start(spec: JobSpec) -> Started:
     p = paths(spec)
     env = environment(spec)
+    if spec.interactive:
+        return _start_interactive(spec, p, env)
     stdin_r, stdin_w = os.pipe()
     extra_r, extra_w = os.pipe()
     pipes = [os.pipe(), os.pipe()] if spec.pipe_output else []
@@ -274,16 +310,58 @@ def _start(spec: JobSpec) -> tuple[int, float, list[threading.Thread]]:
     os.close(stdin_w)
     os.close(extra_w)
     os.close(extra_r)
-    return pid, forked, copiers
+    return Started(pid, pid, forked, copiers)
 
 
-def _reap(pid: int, forked: float, copiers: list[threading.Thread]) -> tuple[int, float]:
-    """Wait for the starter; Torque's exit_status and the seconds from fork to reaping."""
-    _, status = os.waitpid(pid, 0)
-    starter_s = time.monotonic() - forked
-    for copier in copiers:
+def _start_interactive(spec: JobSpec, p: dict[str, Path], env: dict[str, str]) -> Started:
+    terminal, tty = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", *spec.winsize, 0, 0))
+    report_r, report_w = os.pipe()
+    forked = time.monotonic()
+    leader = os.fork()
+    if leader == 0:  # pbs_mom's child: the job's root session leader
+        try:
+            os.close(terminal)
+            os.close(report_r)
+            os.setsid()
+            fcntl.ioctl(tty, termios.TIOCSCTTY, 0)
+            shell = os.fork()
+            if shell == 0:
+                _child(spec, p, env, tty, tty, [])
+            os.write(report_w, str(shell).encode())
+            os.close(tty)
+            os.waitpid(shell, 0)
+        finally:
+            os.kill(0, signal.SIGKILL)  # catchinter(): its own group, itself included
+    os.close(tty)
+    os.close(report_w)
+    starter = int(os.read(report_r, 32))
+    os.close(report_r)
+    transcript = threading.Thread(target=_transcript, args=(terminal, p["out"]))
+    transcript.start()
+    return Started(leader, starter, forked, [transcript], terminal)
+
+
+def _transcript(terminal: int, path: Path) -> None:
+    """What qsub's terminal shows, until the job's side of the pty is closed."""
+    with open(path, "ab", buffering=0) as f:
+        while True:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # EIO: no process holds the job's side any more
+                break
+            if not chunk:
+                break
+            f.write(chunk)
+
+
+def _reap(job: Started) -> tuple[int, float]:
+    """Wait for the job; Torque's exit_status and the seconds from fork to reaping."""
+    _, status = os.waitpid(job.session, 0)
+    starter_s = time.monotonic() - job.forked
+    for copier in job.copiers:
         copier.join(10)
-    kill_session(pid, signal.SIGKILL)  # scan_for_terminated(): the rest of the session
+    kill_session(job.session, signal.SIGKILL)  # scan_for_terminated(): the rest of the session
     if os.WIFSIGNALED(status):
         return 0x100 + os.WTERMSIG(status), starter_s
     return os.WEXITSTATUS(status), starter_s
@@ -298,12 +376,18 @@ def _copy(fd: int, path: Path, join: bool) -> None:
     os.close(fd)
 
 
-def _commands(pid: int, p: dict[str, Path], overlimit: threading.Event) -> None:
+def _commands(job: Started, p: dict[str, Path], overlimit: threading.Event) -> None:
+    pid = job.session
     for line in sys.stdin:
         words = line.split()
         if not words:
             continue
-        if words[0] == "qdel":
+        if words[0] == "type" and job.terminal is not None:
+            os.write(job.terminal, json.loads(line.split(None, 1)[1]).encode())
+        elif words[0] == "winsize" and job.terminal is not None:
+            rows, cols = int(words[1]), int(words[2])
+            fcntl.ioctl(job.terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        elif words[0] == "qdel":
             kill_session(pid, signal.SIGTERM)
             time.sleep(float(words[1]) if len(words) > 1 else 2.0)
             kill_session(pid, signal.SIGKILL)

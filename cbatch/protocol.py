@@ -24,10 +24,12 @@ import struct
 
 VERSION = 1
 
-KIND_REQUEST = "request"  # starter -> daemon: argv, tty, stdin bytes (payload), fds
+KIND_REQUEST = "request"  # starter -> daemon: argv, tty, winsize, stdin bytes (payload), fds
 KIND_STDOUT = "stdout"  # daemon -> starter: job output for fd 1 (payload)
 KIND_STDERR = "stderr"  # daemon -> starter: job output for fd 2 (payload)
 KIND_SIGNAL = "signal"  # starter -> daemon: {"signal": N} relayed from pbs_mom
+KIND_INPUT = "input"  # starter -> daemon: keystrokes of an interactive job (payload)
+KIND_RESIZE = "resize"  # starter -> daemon: {"winsize": [rows, cols]} of an interactive job
 KIND_EXIT = "exit"  # daemon -> starter: {"status": N, "signal": N|null}
 KIND_ERROR = "error"  # daemon -> starter: {"message": str, "status": N}
 KIND_ADMIN = "admin"  # admin CLI -> daemon: {"op": ...}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 TOOLS = ("bash", "sh", "cat", "echo", "env", "id", "whoami", "ls", "sleep", "touch", "mkdir",
          "rm", "head", "tail", "dd", "yes", "stat", "true", "false", "grep", "wc", "readlink",
-         "kill", "ps", "sed", "pwd", "uname", "date", "hostname", "sync", "chmod", "nproc")
+         "kill", "ps", "sed", "pwd", "uname", "date", "hostname", "sync", "chmod", "nproc",
+         "tty", "stty")
 _LIB = re.compile(r"(/\S+) \(0x")
 PROFILE = """\
 # /etc/profile of the cbatch demo image

@@ -65,6 +65,8 @@ class Session:
                 self._resume(job)
             else:
                 self._launch(job, fds)
+            if job.interactive and header.get("winsize"):
+                self._resize(header["winsize"])
             status = self._supervise()
             self.marks["exited"] = time.monotonic()
             self._finish(status, started)
@@ -105,9 +107,8 @@ class Session:
         if (not isinstance(argv, list) or not argv or len(argv) > 256
                 or not all(isinstance(a, str) for a in argv)):
             raise ProtocolError("the request's argv is not a list of strings")
-        if header.get("tty"):
-            raise NotATorqueJob("interactive jobs (qsub -I) are not run in containers on "
-                                "this node yet; submit a batch job instead")
+        if header.get("winsize") is not None and not _is_winsize(header["winsize"]):
+            raise ProtocolError("the request's winsize is not [rows, columns]")
         return header, payload
 
     def _prove(self, header: dict, payload: bytes) -> torque.Job:
@@ -116,7 +117,7 @@ class Session:
         except OSError as exc:
             raise NotATorqueJob("the job's starter ended before cbatch could check it") from exc
         self.log = self.log.bind(peer_pid=who.pid, uid=who.uid)
-        job = torque.verify(self.cfg, who, header["argv"], payload)
+        job = torque.verify(self.cfg, who, header["argv"], payload, tty=bool(header.get("tty")))
         self.job = job
         self.log = self.log.bind(job_id=job.job_id, task=job.task, user=job.user)
         return job
@@ -127,7 +128,9 @@ class Session:
         decision = policy.decide(self.cfg, job.user, groups, job.queue, found)
         self.log = self.log.bind(image=decision.image.alias, digest=decision.image.ref)
         mounts = binds.resolve(job, decision, self.cfg.torque_home)
-        plan = self.plan = outputs.plan(fds, job.container_name, self.cfg.placeholder_dir)
+        # an interactive job's output goes to its terminal: streamed, never mounted
+        plan = self.plan = outputs.plan([] if job.interactive else fds, job.container_name,
+                                        self.cfg.placeholder_dir)
         self.engine = self.engine_factory()
         parent = (cgroups.torque_parent(job.job_id, self.engine.cgroup_driver())
                   if self.cfg.job_cgroup else None)
@@ -140,7 +143,8 @@ class Session:
         self.log = self.log.bind(container_id=self.container_id[:12])
         # Always attach both streams: with output going to files they stay silent unless
         # the container's init itself fails (e.g. the job's shell is not in the image).
-        attach = self.engine.attach(self.container_id, stdout=True, stderr=True)
+        attach = self.engine.attach(self.container_id, stdout=True, stderr=True,
+                                    stdin=job.interactive)
         self.conn.settimeout(None)
         try:
             self.engine.start(self.container_id)
@@ -190,23 +194,34 @@ class Session:
         resumes from now.
         """
         self.engine = self.engine_factory()
-        existing = self.engine.find(job.container_name) or {}
+        existing = self.engine.find(job.container_name)
+        if existing is None:  # the old daemon stopped before it created the container
+            raise ContainerFailed("cbatchd restarted before the job's container was made; "
+                                  "the job did not run; it can be requeued")
         labels = existing.get("Labels") or {}
         if (labels.get("cbatch.starter_pid") != str(job.peer.pid)
                 or labels.get("cbatch.starter_start") != str(job.peer.start_ticks)):
-            raise ContainerFailed("cbatchd restarted and found no container of this job to "
-                                  "resume; the job's end is unknown; tell your admin")
+            raise ContainerFailed("cbatchd restarted and the job's container belongs to "
+                                  "another starter; the job's end is unknown; tell your admin",
+                                  other_container=existing["Id"][:12])
         self.container_id = existing["Id"]
         self.log = self.log.bind(container_id=self.container_id[:12],
                                  image=labels.get("cbatch.image"))
         self.conn.settimeout(None)
         try:
-            self._attach = self.engine.attach(self.container_id, stdout=True, stderr=True)
+            self._attach = self.engine.attach(self.container_id, stdout=True, stderr=True,
+                                              stdin=job.interactive)
         except CbatchError:  # it ended while the daemon was away: nothing left to stream
             self._attach = _closed_socket()
         if existing.get("State") == "created":  # the old daemon stopped before starting it
             self.engine.start(self.container_id)
         self.log.info("job_resumed", state=existing.get("State"))
+
+    def _resize(self, winsize: list[int]) -> None:
+        try:
+            self.engine.resize(self.container_id, rows=winsize[0], cols=winsize[1])
+        except CbatchError as exc:  # it ended meanwhile: nothing to resize
+            self.log.info("resize_failed", **exc.log_fields())
 
     def _create(self, container: spec.ContainerSpec) -> str:
         """Create the job's container; a stale one of the same job (requeue) is replaced."""
@@ -326,19 +341,30 @@ class Session:
                        for i in range(0, len(data), protocol.MAX_PAYLOAD))
 
         try:
-            self.init_failure = demux.pump(attach, emit)
+            pump = demux.pump_terminal if self.job.interactive else demux.pump
+            self.init_failure = pump(attach, emit)
         except OSError as exc:
             self.log.warning("output_stream_broken", error=str(exc))
 
     def _control(self) -> None:
-        """Read the starter's frames: signals to relay; end of stream means it is gone."""
+        """Read the starter's frames: signals to relay, an interactive job's keystrokes
+        and window sizes; end of stream means the starter is gone."""
         while True:
             try:
-                header, _ = protocol.recv(self.conn)
+                header, payload = protocol.recv(self.conn)
             except (protocol.PeerClosed, protocol.ProtocolError, OSError):
                 break
-            if header.get("t") == protocol.KIND_SIGNAL and header.get("signal") in RELAYED:
+            kind = header.get("t")
+            if kind == protocol.KIND_SIGNAL and header.get("signal") in RELAYED:
                 self.relay.deliver(int(header["signal"]))
+            elif kind == protocol.KIND_INPUT and self.job.interactive:
+                try:
+                    self._attach.sendall(payload)
+                except OSError:
+                    pass  # the container's terminal is gone; its end is reported by wait
+            elif kind == protocol.KIND_RESIZE and self.job.interactive:
+                if _is_winsize(header.get("winsize")):
+                    self._resize(header["winsize"])
         if self.done.is_set():
             return
         self.starter_gone.set()
@@ -355,6 +381,12 @@ class Session:
             return True
         except OSError:
             return False
+
+
+def _is_winsize(value: object) -> bool:
+    """[rows, columns] as a terminal reports them."""
+    return (isinstance(value, list) and len(value) == 2
+            and all(type(n) is int and 0 < n < 65536 for n in value))
 
 
 def _closed_socket() -> socket.socket:

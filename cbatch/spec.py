@@ -73,7 +73,9 @@ def command(job: Job, stdout: Output, stderr: Output) -> list[str]:
     if job.task > 1:  # TM task: pbs_mom execs the spawned argv directly, no shell
         steps.append('exec "$@" </dev/null')
         return ["/bin/sh", "-c", "; ".join(steps), "cbatch", *job.argv]
-    stdin = _here_document(job.stdin)
+    # an interactive job's shell reads its terminal (the container's own); a batch job's,
+    # what pbs_mom wrote
+    stdin = "" if job.interactive else _here_document(job.stdin)
     if name in _LOGIN_BY_ARGV0:
         steps.append(shlex.join(["exec", "-a", "-" + name, shell, *args]) + stdin)
         return [shell, "-c", "; ".join(steps)]
@@ -142,7 +144,8 @@ def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output 
         "user": f"{job.uid}:{job.gid}",
         "environment": env,
         "working_dir": str(job.cwd),
-        "tty": False,
+        "tty": job.interactive,
+        "stdin_open": job.interactive,
         "labels": job_labels,
         "name": job.container_name,
     }

@@ -3,6 +3,8 @@
 It asks cbatchd to run the job in its container, copies the job's streamed output to its
 own fds 1 and 2, relays the signals pbs_mom sends, and ends as the job ended: the same
 exit code, or death by the same signal when the job died of a signal pbs_mom sent.
+For an interactive job (qsub -I: fd 0 is the job's terminal) it puts that terminal in raw
+mode and carries keystrokes and window sizes to the container's own terminal.
 It never runs the job itself: without the daemon, the job does not run.
 """
 
@@ -106,27 +108,53 @@ def run(argv: list[str]) -> tuple[int, int | None, str | None]:
     wake_r.setblocking(False)
     wake_w.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-    for signum in protocol.RELAYED_SIGNALS:
+    for signum in (*protocol.RELAYED_SIGNALS, *((signal.SIGWINCH,) if tty else ())):
         signal.signal(signum, lambda *_: None)  # only record: the loop relays
     sock = _connect()
     try:
-        protocol.send(sock, protocol.KIND_REQUEST, stdin, fds=_std_fds(),
-                      v=protocol.VERSION, argv=argv, tty=tty)
+        protocol.send(sock, protocol.KIND_REQUEST, stdin, fds=[] if tty else _std_fds(),
+                      v=protocol.VERSION, argv=argv, tty=tty, winsize=_winsize(tty))
     except OSError as exc:
         raise StarterError(f"lost the connection to cbatchd ({exc}); the job did not run") from None
+    if tty:
+        _raw_terminal()
+    keys = bytearray()  # typed but not yet delivered: kept across a daemon restart
     while True:
         try:
-            return _follow(sock, wake_r)
+            return _follow(sock, wake_r, tty, keys)
         except _Disconnected:
             sock.close()
-            sock = _reconnect(argv, stdin)
+            sock = _reconnect(argv, stdin, tty)
+
+
+_restore_terminal = None  # set while the interactive job's terminal is in raw mode
+
+
+def _raw_terminal() -> None:
+    """Keystrokes go to the container's terminal as typed: ^C, ^Z, echo are its business."""
+    global _restore_terminal
+    import termios
+    import tty as tty_
+    saved = termios.tcgetattr(0)
+    tty_.setraw(0, termios.TCSADRAIN)
+    _restore_terminal = lambda: termios.tcsetattr(0, termios.TCSADRAIN, saved)  # noqa: E731
+
+
+def _winsize(tty: bool) -> list[int] | None:
+    if not tty:
+        return None
+    try:
+        size = os.get_terminal_size(0)
+    except OSError:
+        return None
+    return [size.lines, size.columns]
 
 
 class _Disconnected(Exception):
     pass
 
 
-def _reconnect(argv: list[str], stdin: bytes) -> socket.socket:
+def _reconnect(argv: list[str], stdin: bytes, tty: bool) -> socket.socket:
     """The daemon restarted under a running job: wait for it and ask to resume."""
     try:
         patience = float(os.environ.get("CBATCH_RECONNECT_S", RECONNECT_S))
@@ -137,7 +165,7 @@ def _reconnect(argv: list[str], stdin: bytes) -> socket.socket:
         try:
             sock = _connect()
             protocol.send(sock, protocol.KIND_REQUEST, stdin, v=protocol.VERSION, argv=argv,
-                          tty=False, resume=True)
+                          tty=tty, winsize=_winsize(tty), resume=True)
             return sock
         except (StarterError, OSError):
             if time.monotonic() > deadline:
@@ -147,19 +175,33 @@ def _reconnect(argv: list[str], stdin: bytes) -> socket.socket:
             time.sleep(0.25)
 
 
-def _follow(sock: socket.socket, wake_r: socket.socket) -> tuple[int, int | None, str | None]:
-    """Copy output and relay signals until the daemon reports the job's end."""
+def _follow(sock: socket.socket, wake_r: socket.socket, tty: bool,
+            keys: bytearray) -> tuple[int, int | None, str | None]:
+    """Copy output (and keystrokes) and relay signals until the daemon reports the end."""
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "daemon")
     selector.register(wake_r, selectors.EVENT_READ, "signal")
+    if tty:
+        selector.register(0, selectors.EVENT_READ, "keys")
+        _send_keys(sock, keys)
     while True:
         for key, _ in selector.select():
             if key.data == "signal":
                 for signum in wake_r.recv(256):
-                    try:
-                        protocol.send(sock, protocol.KIND_SIGNAL, signal=signum)
-                    except OSError:
-                        pass  # the daemon's end is reported by the read side
+                    if signum == signal.SIGWINCH:
+                        _send_quietly(sock, protocol.KIND_RESIZE, winsize=_winsize(tty))
+                    else:
+                        _send_quietly(sock, protocol.KIND_SIGNAL, signal=signum)
+                continue
+            if key.data == "keys":
+                try:
+                    typed = os.read(0, 4096)
+                except OSError:
+                    typed = b""  # EIO: the terminal hung up; its SIGHUP is relayed
+                if not typed:
+                    selector.unregister(0)
+                keys += typed
+                _send_keys(sock, keys)
                 continue
             try:
                 header, payload = protocol.recv(sock)
@@ -178,6 +220,24 @@ def _follow(sock: socket.socket, wake_r: socket.socket) -> tuple[int, int | None
                                    int(header.get("status", EXIT_NODE_FAILURE)))
 
 
+def _send_keys(sock: socket.socket, keys: bytearray) -> None:
+    """Deliver what was typed; on a lost connection it waits for the next daemon."""
+    if not keys:
+        return
+    try:
+        protocol.send(sock, protocol.KIND_INPUT, bytes(keys))
+    except OSError:
+        raise _Disconnected() from None
+    keys.clear()
+
+
+def _send_quietly(sock: socket.socket, kind: str, payload: bytes = b"", **fields) -> None:
+    try:
+        protocol.send(sock, kind, payload, **fields)
+    except OSError:
+        pass  # the daemon's end is reported by the read side
+
+
 def main() -> None:
     try:
         status, signum, message = run(sys.argv[1:])
@@ -185,6 +245,11 @@ def main() -> None:
         status, signum, message = exc.status, None, str(exc)
     except Exception as exc:  # never a traceback in the user's .e file
         status, signum, message = EXIT_NODE_FAILURE, None, f"cbatch-starter failed: {exc!r}"
+    if _restore_terminal is not None:
+        try:
+            _restore_terminal()
+        except OSError:
+            pass  # the terminal is gone
     if message:
         _write_all(2, f"cbatch: {message}\n".encode())
     if isinstance(signum, int) and 0 < signum < signal.NSIG:

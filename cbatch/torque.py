@@ -50,11 +50,12 @@ class Job:
     env: dict[str, str]
     argv: tuple[str, ...]  # what pbs_mom passed after the starter's own name
     stdin: bytes  # what pbs_mom wrote on the starter's stdin
-    script: Path  # mom_priv/jobs/<prefix>.SC
+    script: Path | None  # mom_priv/jobs/<prefix>.SC; an interactive job may have none
     script_text: str
     queue: str
     rlimits: dict[str, tuple[int, int]]  # docker ulimit name -> (soft, hard); -1 = unlimited
     peer: peer_.Peer
+    interactive: bool = False  # qsub -I: the starter's fds 0-2 are the job's terminal
 
     @property
     def container_name(self) -> str:
@@ -71,9 +72,13 @@ def prefix_of(job_id: str) -> str:
     return job_id.replace("[", "-").replace("]", "")
 
 
-def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes,
+def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bool = False,
            proc: Path = peer_.PROC) -> Job:
     """Prove the peer is a live Torque job task of peer.uid and describe it.
+
+    A batch job or TM task is a session leader whose parent is pbs_mom; an interactive
+    job (qsub -I) is the child of a root session leader that pbs_mom forked, with the
+    session's terminal as its own. `tty` (what the starter says) must match that shape.
 
     Raises:
         NotATorqueJob: the peer is not (or no longer) a job pbs_mom started for that uid.
@@ -87,8 +92,10 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes,
                            f"user{hint}")
     try:
         st = peer_.stat(peer.pid, proc)
-        parent = peer_.stat(st.ppid, proc)
-        parent_uid = int(peer_.status_field(st.ppid, "Uid", proc).split()[0])
+        interactive = st.session != peer.pid
+        mom_pid = _interactive_mom(peer.pid, st, proc) if interactive else st.ppid
+        mom = peer_.stat(mom_pid, proc)
+        mom_uid = int(peer_.status_field(mom_pid, "Uid", proc).split()[0])
         environ = _read_limited(proc / str(peer.pid) / "environ", MAX_ENVIRON_BYTES)
         cwd = Path(os.readlink(proc / str(peer.pid) / "cwd"))
         umask = int(peer_.status_field(peer.pid, "Umask", proc), 8)
@@ -96,20 +103,25 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes,
     except (OSError, KeyError, ValueError) as exc:
         raise NotATorqueJob("the job's starter process vanished while cbatch checked it; "
                             "ask your admin to look at the node", pid=peer.pid) from exc
-    if st.session != peer.pid:
+    if cfg.require_pbs_mom_parent and not (mom.comm == "pbs_mom" and mom_uid == 0):
         raise NotATorqueJob("cbatch-starter must be started by pbs_mom as a Torque job "
-                            "(this process is not a job's session leader)", pid=peer.pid)
-    if cfg.require_pbs_mom_parent and not (parent.comm == "pbs_mom" and parent_uid == 0):
-        raise NotATorqueJob("cbatch-starter must be started by pbs_mom as a Torque job "
-                            "(its parent is not pbs_mom)", pid=peer.pid, parent=parent.comm)
+                            "(its parent is not pbs_mom)", pid=peer.pid, parent=mom.comm)
     env = _parse_environ(environ)
+    if interactive != bool(tty) or (
+            interactive and env.get("PBS_ENVIRONMENT") != "PBS_INTERACTIVE"):
+        raise NotATorqueJob("cbatch-starter must be started by pbs_mom as a Torque job "
+                            "(its terminal does not match the job's kind)", pid=peer.pid)
     job_id = env.get("PBS_JOBID", "")
     if not _JOB_ID.match(job_id):
         raise NotATorqueJob("the job has no PBS_JOBID; cbatch-starter runs only as a Torque "
                             "job starter", pid=peer.pid)
     task = int(env["PBS_TASKNUM"]) if env.get("PBS_TASKNUM", "").isdigit() else 1
-    script = _script_path(cfg, stdin, job_id, task)
-    text = _read_script(script, peer.uid)
+    if interactive:  # no stdin line: the script, if qsub -I was given one, by the job id
+        script = jobs_dir(cfg.torque_home) / (prefix_of(job_id) + ".SC")
+        script = script if os.path.lexists(script) else None
+    else:
+        script = _script_path(cfg, stdin, job_id, task)
+    text = _read_script(script, peer.uid) if script is not None else ""
     try:
         entry = pwd.getpwuid(peer.uid)
     except KeyError:
@@ -117,10 +129,27 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes,
     if not peer_.is_alive(peer.pid, peer.start_ticks, proc):
         raise NotATorqueJob("the job's starter process ended while cbatch checked it")
     return Job(
-        job_id=job_id, prefix=script.name[:-3], task=task, user=entry.pw_name, uid=peer.uid,
+        job_id=job_id, prefix=script.name[:-3] if script else prefix_of(job_id), task=task, user=entry.pw_name, uid=peer.uid,
         gid=peer.gid, groups=peer.groups, home=Path(entry.pw_dir), cwd=cwd, umask=umask,
         env=env, argv=tuple(argv), stdin=stdin, script=script, script_text=text,
-        queue=env.get("PBS_QUEUE", ""), rlimits=_parse_limits(limits_text), peer=peer)
+        queue=env.get("PBS_QUEUE", ""), rlimits=_parse_limits(limits_text), peer=peer,
+        interactive=interactive)
+
+
+def _interactive_mom(pid: int, st: peer_.ProcStat, proc: Path) -> int:
+    """The pid that must be pbs_mom when the peer has the interactive job's shape.
+
+    pbs_mom's child for a qsub -I job calls setsid, takes the job's terminal and stays
+    as the root session leader; the job's process (the starter) is its child and shares
+    the session and the terminal.
+    """
+    leader = peer_.stat(st.ppid, proc)
+    leader_uid = int(peer_.status_field(st.ppid, "Uid", proc).split()[0])
+    if not (st.session == st.ppid and leader.session == st.ppid and leader_uid == 0
+            and st.tty_nr != 0 and leader.tty_nr == st.tty_nr):
+        raise NotATorqueJob("cbatch-starter must be started by pbs_mom as a Torque job "
+                            "(this process is not a job's session leader)", pid=pid)
+    return leader.ppid
 
 
 def _script_path(cfg: Config, stdin: bytes, job_id: str, task: int) -> Path:

@@ -71,16 +71,18 @@ def test_refused_directive_is_one_error_frame_and_one_record(mocker, tmp_path):
 class ResumableEngine:
     """The engine a restarted daemon finds: the job's container, created but never started."""
 
-    def __init__(self, job):
-        self.job, self.calls = job, []
+    def __init__(self, job, present=True):
+        self.job, self.calls, self.present = job, [], present
 
     def find(self, name):
         self.calls.append(("find", name))
+        if not self.present:
+            return None
         return {"Id": "c0ffee" * 10, "State": "created", "Labels": {
             "cbatch.starter_pid": str(self.job.peer.pid),
             "cbatch.starter_start": str(self.job.peer.start_ticks), "cbatch.image": "el9"}}
 
-    def attach(self, cid, stdout, stderr):
+    def attach(self, cid, stdout, stderr, stdin=False):
         a, b = socket.socketpair()
         b.close()
         return a
@@ -113,9 +115,20 @@ def test_resume_starts_a_container_the_old_daemon_created_but_never_started(mock
     assert next(r for r in logs if r["event"] == "job_resumed")["state"] == "created"
 
 
-def test_resume_without_the_jobs_container_is_a_node_side_failure(mocker, tmp_path):
+def test_resume_with_another_starters_container_is_a_node_side_failure(mocker, tmp_path):
     job = make_job(home=tmp_path, cwd=tmp_path, env={})
     engine = ResumableEngine(make_job(peer=Peer(pid=1, uid=1001, gid=1001, groups=(), start_ticks=2)))
     header, _ = run_session(mocker, engine, job, resume=True)
     assert header["t"] == "error" and header["status"] == 125
-    assert header["message"].startswith("cbatchd restarted and found no container of this job")
+    assert header["message"].startswith("cbatchd restarted and the job's container belongs to "
+                                        "another starter")
+    assert [c[0] for c in engine.calls] == ["find"]  # never touched
+
+
+def test_resume_before_the_container_was_made_says_the_job_did_not_run(mocker, tmp_path):
+    job = make_job(home=tmp_path, cwd=tmp_path, env={})
+    header, logs = run_session(mocker, ResumableEngine(job, present=False), job, resume=True)
+    assert header == {"t": "error", "status": 125, "message":
+                      "cbatchd restarted before the job's container was made; the job did not "
+                      "run; it can be requeued"}
+    assert next(r for r in logs if r["event"] == "job_failed")["job_id"] == "12.vm"

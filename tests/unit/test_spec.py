@@ -37,6 +37,15 @@ def test_login_shell_prologue_restores_umask_sigpipe_argv0_and_stdin():
         "/bin/bash", "-c", "umask 0077; trap '' PIPE; exec -a -bash /bin/bash" + SC_LINE]
 
 
+def test_an_interactive_job_gets_a_terminal_and_its_login_shell_reads_it():
+    s = build(make_job(interactive=True, stdin=b"", script=None, script_text=""))
+    assert s.create["tty"] is True and s.create["stdin_open"] is True
+    assert s.create["entrypoint"] == [
+        "/bin/bash", "-c", "umask 0077; trap '' PIPE; exec -a -bash /bin/bash"]
+    batch = build()
+    assert batch.create["tty"] is False and batch.create["stdin_open"] is False
+
+
 @pytest.mark.parametrize("stdin,redirect", [
     (b"", " </dev/null"),
     (b"exec /x.SC a1 \"b 2\"\n", " <<'CBATCH_STDIN'\nexec /x.SC a1 \"b 2\"\nCBATCH_STDIN\n"),

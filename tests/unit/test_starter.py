@@ -130,3 +130,45 @@ def test_daemon_vanishing_mid_job_is_one_line_after_waiting_for_it(launch):
     assert (status, out) == (125, b"partial\n")
     assert err == (b"cbatch: lost the connection to cbatchd while the job ran and it did not "
                    b"come back within 1 s; the job's end is unknown; tell your admin\n")
+
+
+def test_an_interactive_starter_carries_keys_and_sizes_and_restores_the_terminal(tmp_path):
+    import fcntl
+    import struct
+    import termios
+    path = momjob.install_starter(tmp_path / "starter")
+    sock_path = tmp_path / "d.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    server.listen(1)
+    terminal, tty = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    cooked = termios.tcgetattr(tty)
+
+    def take_terminal():  # as the job's shell child: the pty is the session's terminal
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([str(path), "/bin/bash"], stdin=tty, stdout=tty, stderr=tty,
+                            env={"CBATCH_SOCKET": str(sock_path), "PATH": "/bin"},
+                            preexec_fn=take_terminal)
+    conn, _ = server.accept()
+    with conn:
+        request, _ = protocol.recv(conn)
+        protocol.send(conn, protocol.KIND_STDOUT, b"hello\r\n")
+        assert os.read(terminal, 100) == b"hello\r\n"  # as sent: the terminal is raw now
+        raw = termios.tcgetattr(tty)
+        os.write(terminal, b"\x03")  # ^C is a key for the container, not a SIGINT here
+        keys = protocol.recv(conn)
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+        resize = protocol.recv(conn)
+        protocol.send(conn, protocol.KIND_EXIT, status=3, signal=None, message=None)
+        assert proc.wait(10) == 3
+    server.close()
+    assert request["tty"] is True and request["winsize"] == [24, 80]
+    assert keys == ({"t": "input"}, b"\x03")
+    assert resize[0] == {"t": "resize", "winsize": [40, 100]}
+    assert raw[3] & termios.ECHO == 0 and raw != cooked
+    assert termios.tcgetattr(tty) == cooked
+    os.close(terminal)
+    os.close(tty)

@@ -83,3 +83,78 @@ def test_root_and_system_uids_are_refused_unless_allowed(uid, settings, refused,
     expected = PolicyDenied if refused else NotATorqueJob  # past the uid check: not a job
     with pytest.raises(expected):
         torque.verify(cfg_, who, ["/bin/bash"], b"")
+
+
+
+class FakeProc:
+    """A /proc with just the processes a test describes."""
+
+    def __init__(self, root: Path, cwd: Path):
+        self.root, self.cwd = root, cwd
+
+    def add(self, pid, comm, ppid, session, tty=0, uid=1001, env=None):
+        d = self.root / str(pid)
+        d.mkdir(parents=True)
+        rest = ["S", ppid, session, session, tty] + [0] * 14 + [100 + pid]
+        (d / "stat").write_text(f"{pid} ({comm}) " + " ".join(map(str, rest)) + "\n")
+        (d / "status").write_text(f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}\nUmask:\t0077\n")
+        (d / "environ").write_bytes(b"".join(f"{k}={v}\0".encode()
+                                             for k, v in (env or {}).items()))
+        (d / "limits").write_text(Path("/proc/self/limits").read_text())
+        (d / "cwd").symlink_to(self.cwd)
+
+
+INTERACTIVE_ENV = {"PBS_JOBID": "5.vm", "PBS_ENVIRONMENT": "PBS_INTERACTIVE", "PBS_TASKNUM": "1"}
+PTS = 34816  # /dev/pts/0 as tty_nr
+
+
+def interactive_tree(tmp_path, leader_uid=0, tty=PTS, env=INTERACTIVE_ENV) -> Path:
+    """pbs_mom (1000) -> root session leader (2000, on the pty) -> starter (2001)."""
+    proc = FakeProc(tmp_path / "proc", tmp_path)
+    proc.add(1000, "pbs_mom", 1, 1000, uid=0)
+    proc.add(2000, "pbs_mom", 1000, 2000, tty=PTS, uid=leader_uid)
+    proc.add(2001, "cbatch-starter", 2000, 2000, tty=tty, env=env)
+    return proc.root
+
+
+def verify_starter(home, proc_root, stdin=b"", tty=True):
+    """verify() of pid 2001 as this test's own uid (root, so root jobs are allowed)."""
+    from cbatch.peer import Peer
+    who = Peer(pid=2001, uid=os.getuid(), gid=os.getgid(), groups=(), start_ticks=2101)
+    cfg_ = config.parse({"torque": {"home": str(home)}, "jobs": {"allow_root": True}})
+    return torque.verify(cfg_, who, ["/bin/bash"], stdin, tty=tty, proc=proc_root)
+
+
+def test_the_interactive_shape_is_a_job_without_a_script(home, tmp_path):
+    (torque.jobs_dir(home) / "5.vm.SC").unlink()  # qsub -I without a script
+    job = verify_starter(home, interactive_tree(tmp_path))
+    assert job.interactive and job.script is None and job.script_text == ""
+    assert job.job_id == "5.vm" and job.prefix == "5.vm"
+
+
+def test_the_interactive_shape_reads_directives_from_the_script_given_to_qsub(home, tmp_path):
+    job = verify_starter(home, interactive_tree(tmp_path))
+    assert job.interactive and "#CBATCH image=el9" in job.script_text
+
+
+@pytest.mark.parametrize("tree,tty,reason", [
+    ({"leader_uid": 1001}, True, "not a job's session leader"),  # a job's own child
+    ({"tty": 0}, True, "not a job's session leader"),  # no terminal
+    ({}, False, "terminal does not match"),  # says batch, is shaped interactive
+    ({"env": {"PBS_JOBID": "5.vm", "PBS_ENVIRONMENT": "PBS_BATCH"}}, True,
+     "terminal does not match"),
+])
+def test_anything_else_shaped_like_an_interactive_job_is_refused(home, tmp_path, tree, tty,
+                                                                 reason):
+    with pytest.raises(NotATorqueJob, match=reason):
+        verify_starter(home, interactive_tree(tmp_path, **tree), tty=tty)
+
+
+def test_a_batch_job_claiming_a_terminal_is_refused(home, tmp_path):
+    proc = FakeProc(tmp_path / "proc", tmp_path)
+    proc.add(1000, "pbs_mom", 1, 1000, uid=0)
+    proc.add(2001, "cbatch-starter", 1000, 2001, env={"PBS_JOBID": "5.vm"})
+    line = f"{torque.jobs_dir(home)}/5.vm.SC\n".encode()
+    assert not verify_starter(home, proc.root, line, tty=False).interactive
+    with pytest.raises(NotATorqueJob, match="terminal does not match"):
+        verify_starter(home, proc.root, line, tty=True)
