@@ -4,6 +4,7 @@ import signal
 
 from tests.e2e.conftest import USER
 
+
 def start(submit, script="", **kwargs):
     """An interactive job whose shell in the container has answered (the terminal echoes
     keys typed early itself, so the proof is output only the shell makes)."""
