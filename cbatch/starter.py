@@ -147,7 +147,7 @@ def _winsize(tty: bool) -> list[int] | None:
         size = os.get_terminal_size(0)
     except OSError:
         return None
-    return [size.lines, size.columns]
+    return [size.lines, size.columns] if size.lines and size.columns else None  # 0: unset
 
 
 class _Disconnected(Exception):
