@@ -341,10 +341,31 @@ class Session:
                        for i in range(0, len(data), protocol.MAX_PAYLOAD))
 
         try:
-            pump = demux.pump_terminal if self.job.interactive else demux.pump
-            self.init_failure = pump(attach, emit)
+            if not self.job.interactive:
+                self.init_failure = demux.pump(attach, emit)
+                return
+            while self.init_failure is None:
+                self.init_failure = demux.pump_terminal(attach, emit)
+                if self.init_failure is None and not self._reattached():
+                    return
+                attach = self._attach
         except OSError as exc:
             self.log.warning("output_stream_broken", error=str(exc))
+
+    def _reattached(self) -> bool:
+        """Attach an interactive job's terminal again if Docker ended the attach (its
+        detach keys were typed) while the job goes on; False once the job has ended."""
+        try:
+            if not self.engine.inspect(self.container_id).get("State", {}).get("Running"):
+                return False
+            attach = self.engine.attach(self.container_id, stdout=True, stderr=True,
+                                        stdin=True)
+        except CbatchError:
+            return False
+        previous, self._attach = self._attach, attach
+        previous.close()
+        self.log.info("terminal_reattached")
+        return True
 
     def _control(self) -> None:
         """Read the starter's frames: signals to relay, an interactive job's keystrokes

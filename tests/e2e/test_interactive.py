@@ -23,6 +23,7 @@ def test_an_interactive_job_gets_a_terminal_in_its_container(submit, daemon, tes
     assert "/dev/pts/0" in lines and "33 101" in lines  # its own terminal, the owner's size
     record = daemon.wait_for_event("job_finished", job_id=job.spec.job_id)
     assert record["exit_status"] == 7 and record["image"] == "alpha"
+    assert not [r for r in daemon.events("terminal_reattached") if r["job_id"] == job.spec.job_id]
 
 
 def test_ctrl_c_and_resizing_reach_the_shell_in_the_container(submit):
@@ -74,3 +75,15 @@ def test_an_interactive_job_rides_out_a_daemon_restart(fresh_daemon, submit):
     job.type("exit\n")
     assert job.wait(30) == 265
     fresh_daemon.wait_for_event("container_removed", job_id=job.spec.job_id)
+
+
+def test_typing_dockers_detach_keys_does_not_cut_the_job_off(submit, daemon):
+    job = start(submit)
+    job.type("\x1e\x1d\x1f\x1e")  # ctrl-^ ctrl-] ctrl-_ ctrl-^: Docker ends the attach
+    daemon.wait_for_event("terminal_reattached", job_id=job.spec.job_id)
+    job.type("echo still-''here\n")
+    job.wait_for_output("still-here")
+    job.type("exit\n")
+    assert job.wait(30) == 265
+    record = daemon.wait_for_event("job_finished", job_id=job.spec.job_id)
+    assert record["exit_status"] == 0
