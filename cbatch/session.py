@@ -19,7 +19,7 @@ import structlog
 
 from cbatch import adminops as admin
 from cbatch import adopt, binds, cgroups, demux, directives, outputs, peer, policy, protocol
-from cbatch import reconcile, spec, torque
+from cbatch import reconcile, spec, terminal, torque
 from cbatch.config import Config
 from cbatch.engine import Engine
 from cbatch.relay import Relay
@@ -45,6 +45,7 @@ class Session:
         self.job: torque.Job | None = None
         self.plan: outputs.Plan | None = None
         self.init_failure: str | None = None
+        self.terminal: terminal.Terminal | None = None  # an interactive job's
         self.engine_lost = False
 
     # -- entry point -------------------------------------------------------------------
@@ -65,8 +66,8 @@ class Session:
                 self._resume(job)
             else:
                 self._launch(job, fds)
-            if job.interactive and header.get("winsize"):
-                self._resize(header["winsize"])
+            if self.terminal is not None:
+                self.terminal.resize(header.get("winsize"))
             status = self._supervise()
             self.marks["exited"] = time.monotonic()
             self._finish(status, started)
@@ -107,7 +108,7 @@ class Session:
         if (not isinstance(argv, list) or not argv or len(argv) > 256
                 or not all(isinstance(a, str) for a in argv)):
             raise ProtocolError("the request's argv is not a list of strings")
-        if header.get("winsize") is not None and not _is_winsize(header["winsize"]):
+        if header.get("winsize") is not None and not terminal.is_winsize(header["winsize"]):
             raise ProtocolError("the request's winsize is not [rows, columns]")
         return header, payload
 
@@ -158,6 +159,8 @@ class Session:
         if parent is None and self.cfg.pbs_track is not None and self.cfg.pbs_track.exists():
             threading.Thread(target=self._adopt, daemon=True, name="adopt").start()
         self._attach = attach
+        if job.interactive:
+            self.terminal = terminal.Terminal(self.engine, self.container_id, attach, self.log)
 
     def _adopt(self) -> None:
         """pbs_track -a the container's init, so Torque counts it and qdel reaches it."""
@@ -213,15 +216,12 @@ class Session:
                                               stdin=job.interactive)
         except CbatchError:  # it ended while the daemon was away: nothing left to stream
             self._attach = _closed_socket()
+        if job.interactive:
+            self.terminal = terminal.Terminal(self.engine, self.container_id, self._attach,
+                                              self.log)
         if existing.get("State") == "created":  # the old daemon stopped before starting it
             self.engine.start(self.container_id)
         self.log.info("job_resumed", state=existing.get("State"))
-
-    def _resize(self, winsize: list[int]) -> None:
-        try:
-            self.engine.resize(self.container_id, rows=winsize[0], cols=winsize[1])
-        except CbatchError as exc:  # it ended meanwhile: nothing to resize
-            self.log.info("resize_failed", **exc.log_fields())
 
     def _create(self, container: spec.ContainerSpec) -> str:
         """Create the job's container; a stale one of the same job (requeue) is replaced."""
@@ -251,6 +251,8 @@ class Session:
         status = self._wait()
         pump.join(timeout=30)
         self._attach.close()
+        if self.terminal is not None:
+            self.terminal.close()
         return status
 
     def _wait(self) -> int:
@@ -341,31 +343,10 @@ class Session:
                        for i in range(0, len(data), protocol.MAX_PAYLOAD))
 
         try:
-            if not self.job.interactive:
-                self.init_failure = demux.pump(attach, emit)
-                return
-            while self.init_failure is None:
-                self.init_failure = demux.pump_terminal(attach, emit)
-                if self.init_failure is None and not self._reattached():
-                    return
-                attach = self._attach
+            self.init_failure = (self.terminal.pump(emit) if self.terminal is not None
+                                 else demux.pump(attach, emit))
         except OSError as exc:
             self.log.warning("output_stream_broken", error=str(exc))
-
-    def _reattached(self) -> bool:
-        """Attach an interactive job's terminal again if Docker ended the attach (its
-        detach keys were typed) while the job goes on; False once the job has ended."""
-        try:
-            if not self.engine.inspect(self.container_id).get("State", {}).get("Running"):
-                return False
-            attach = self.engine.attach(self.container_id, stdout=True, stderr=True,
-                                        stdin=True)
-        except CbatchError:
-            return False
-        previous, self._attach = self._attach, attach
-        previous.close()
-        self.log.info("terminal_reattached")
-        return True
 
     def _control(self) -> None:
         """Read the starter's frames: signals to relay, an interactive job's keystrokes
@@ -378,14 +359,10 @@ class Session:
             kind = header.get("t")
             if kind == protocol.KIND_SIGNAL and header.get("signal") in RELAYED:
                 self.relay.deliver(int(header["signal"]))
-            elif kind == protocol.KIND_INPUT and self.job.interactive:
-                try:
-                    self._attach.sendall(payload)
-                except OSError:
-                    pass  # the container's terminal is gone; its end is reported by wait
-            elif kind == protocol.KIND_RESIZE and self.job.interactive:
-                if _is_winsize(header.get("winsize")):
-                    self._resize(header["winsize"])
+            elif kind == protocol.KIND_INPUT and self.terminal is not None:
+                self.terminal.type(payload)
+            elif kind == protocol.KIND_RESIZE and self.terminal is not None:
+                self.terminal.resize(header.get("winsize"))
         if self.done.is_set():
             return
         self.starter_gone.set()
@@ -402,12 +379,6 @@ class Session:
             return True
         except OSError:
             return False
-
-
-def _is_winsize(value: object) -> bool:
-    """[rows, columns] as a terminal reports them."""
-    return (isinstance(value, list) and len(value) == 2
-            and all(type(n) is int and 0 < n < 65536 for n in value))
 
 
 def _closed_socket() -> socket.socket:

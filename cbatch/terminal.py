@@ -1,0 +1,69 @@
+"""An interactive job's terminal: the container's own, attached with stdin.
+
+The owner's keys and window sizes arrive from the starter as frames and go to the
+container's terminal; its output goes back as stdout frames. Docker ends an attach when
+its detach keys are typed, which an owner may do by accident: the terminal is then
+attached again for as long as the job runs.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Callable
+
+from cbatch import demux
+from cbatch.engine import Engine
+from cbatch.errors import CbatchError
+
+
+def is_winsize(value: object) -> bool:
+    """[rows, columns] as a terminal reports them."""
+    return (isinstance(value, list) and len(value) == 2
+            and all(type(n) is int and 0 < n < 65536 for n in value))
+
+
+class Terminal:
+    def __init__(self, engine: Engine, container_id: str, attach: socket.socket, log) -> None:
+        self.engine = engine
+        self.container_id = container_id
+        self.attach = attach  # stdin and the terminal's output, replaced on a re-attach
+        self.log = log
+
+    def type(self, keys: bytes) -> None:
+        try:
+            self.attach.sendall(keys)
+        except OSError:
+            pass  # the container's terminal is gone; the job's end is reported by wait
+
+    def resize(self, winsize: object) -> None:
+        if not is_winsize(winsize):
+            return
+        try:
+            self.engine.resize(self.container_id, rows=winsize[0], cols=winsize[1])
+        except CbatchError as exc:  # it ended meanwhile: nothing to resize
+            self.log.info("resize_failed", **exc.log_fields())
+
+    def pump(self, emit: Callable[[int, bytes], bool]) -> str | None:
+        """Copy the terminal's output to emit until the job ends; docker-init's failure
+        message, if it printed one. Raises OSError when the stream breaks."""
+        while True:
+            failure = demux.pump_terminal(self.attach, emit)
+            if failure is not None or not self._reattached():
+                return failure
+
+    def close(self) -> None:
+        self.attach.close()
+
+    def _reattached(self) -> bool:
+        """Attach again if the attach ended while the job goes on; False once it ended."""
+        try:
+            if not self.engine.inspect(self.container_id).get("State", {}).get("Running"):
+                return False
+            attach = self.engine.attach(self.container_id, stdout=True, stderr=True,
+                                        stdin=True)
+        except CbatchError:
+            return False
+        previous, self.attach = self.attach, attach
+        previous.close()
+        self.log.info("terminal_reattached")
+        return True
