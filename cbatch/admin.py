@@ -1,4 +1,4 @@
-"""`cbatch`: the admin CLI (check-config, ps, kill, cleanup, health, demo).
+"""`cbatch`: the admin CLI (check-config, ps, kill, cleanup, images, health, demo).
 
 One funnel turns a CbatchError into one line and exit status 1.
 """
@@ -89,6 +89,28 @@ def cleanup(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def images(args: argparse.Namespace) -> int:
+    """The pinned set on this node: list it, pull what is missing, prune old pins."""
+    from cbatch import imageset
+    cfg = config.load(args.config)
+    if args.action == "pull":
+        outcomes = imageset.pull(cfg, _engine())
+        for alias, outcome in outcomes:
+            print(f"{alias}: {outcome}")
+        return 0 if all(o in ("present", "pulled") for _, o in outcomes) else 1
+    if args.action == "prune":
+        removed = imageset.prune(cfg, _engine())
+        for ref, kept in removed:
+            print(f"removed {ref}" if kept is None else f"kept {ref}: {kept}")
+        if not removed:
+            print("nothing to prune")
+        return 0
+    for item in imageset.survey(cfg, _engine()):
+        size = "missing" if item.size_bytes is None else f"{item.size_bytes / 2**20:.0f} MiB"
+        print(f"{item.alias}{' (default)' if item.default else ''}  {item.ref}  {size}")
+    return 0
+
+
 def health(args: argparse.Namespace) -> int:
     """For pbs_mom's $node_check_script: silent when healthy, one ERROR line when not."""
     problem = _health_problem(args)
@@ -140,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--signal", default="SIGKILL")
     p.set_defaults(func=kill)
     sub.add_parser("cleanup", help="remove containers whose job is gone").set_defaults(func=cleanup)
+    p = sub.add_parser("images", help="the pinned images on this node: list, pull, prune")
+    p.add_argument("action", nargs="?", choices=("list", "pull", "prune"), default="list")
+    p.set_defaults(func=images)
     p = sub.add_parser("health", help="node health check for $node_check_script")
     p.add_argument("--docker-root", default="/var/lib/docker")
     p.add_argument("--min-free-gb", type=float, default=5.0)

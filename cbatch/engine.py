@@ -218,3 +218,23 @@ def image_id(engine: Engine, name: str) -> str | None:
             return engine.api.inspect_image(name)["Id"]
         except docker.errors.ImageNotFound:
             return None
+
+
+def local_images(engine: Engine) -> list[dict]:
+    """Every image on the node (Id, RepoTags, RepoDigests, Size)."""
+    with _translate("list images"):
+        return engine.api.images(all=False)
+
+
+def remove_image(engine: Engine, image: str) -> str | None:
+    """Remove an image unless a container uses it; None when done, else Docker's reason."""
+    with _translate("remove an image"):
+        try:
+            engine.api.remove_image(image, force=False, noprune=False)
+            return None
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # in use by a container
+                return _short(exc.explanation or str(exc))
+            raise
