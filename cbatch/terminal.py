@@ -3,17 +3,22 @@
 The owner's keys and window sizes arrive from the starter as frames and go to the
 container's terminal; its output goes back as stdout frames. Docker ends an attach when
 its detach keys are typed, which an owner may do by accident: the terminal is then
-attached again for as long as the job runs.
+attached again for as long as the job runs. Each resize is a Docker API call, so they
+are paced: a window being dragged, or a flood of frames, costs the engine at most
+RESIZES_PER_S calls a second per job.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from typing import Callable
 
 from cbatch import demux
 from cbatch.engine import Engine
 from cbatch.errors import CbatchError
+
+RESIZES_PER_S = 10
 
 
 def is_winsize(value: object) -> bool:
@@ -28,6 +33,8 @@ class Terminal:
         self.container_id = container_id
         self.attach = attach  # stdin and the terminal's output, replaced on a re-attach
         self.log = log
+        self._size: list[int] | None = None
+        self._resized_at = float("-inf")
 
     def type(self, keys: bytes) -> None:
         try:
@@ -36,8 +43,11 @@ class Terminal:
             pass  # the container's terminal is gone; the job's end is reported by wait
 
     def resize(self, winsize: object) -> None:
-        if not is_winsize(winsize):
+        """Set the container's terminal size (blocks the caller to pace the calls)."""
+        if not is_winsize(winsize) or winsize == self._size:
             return
+        time.sleep(max(0.0, self._resized_at + 1 / RESIZES_PER_S - time.monotonic()))
+        self._size, self._resized_at = winsize, time.monotonic()
         try:
             self.engine.resize(self.container_id, rows=winsize[0], cols=winsize[1])
         except CbatchError as exc:  # it ended meanwhile: nothing to resize

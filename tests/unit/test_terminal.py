@@ -1,6 +1,7 @@
 """An interactive job's terminal against a fake engine: keys, sizes, re-attach."""
 
 import socket
+import time
 
 import pytest
 import structlog
@@ -85,3 +86,14 @@ def test_keys_reach_the_attach_and_sizes_the_engine():
     assert engine.sizes == [(40, 100)] and logs[0]["event"] == "resize_failed"
     term.close()
     term.type(b"x")  # after the end: nowhere to go, no error
+
+
+def test_resizes_are_paced_and_repeats_skipped():
+    engine = FakeEngine([], running=[])
+    term = terminal.Terminal(engine, "c1", stream(b""), structlog.get_logger())
+    started = time.monotonic()
+    for rows in (30, 31, 31, 32, 33, 33):
+        term.resize([rows, 100])
+    elapsed = time.monotonic() - started
+    assert engine.sizes == [(30, 100), (31, 100), (32, 100), (33, 100)]
+    assert elapsed >= 3 / terminal.RESIZES_PER_S - 0.01  # at most RESIZES_PER_S calls a second
