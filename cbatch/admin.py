@@ -56,10 +56,11 @@ def ps(args: argparse.Namespace) -> int:
         print(f"cbatch: {exc}; listing from Docker directly", file=sys.stderr)
         from cbatch import adminops
         reply = adminops.handle(_engine(), {"op": "ps"})
-    keys = ("job_id", "task", "user", "image", "state", "container_id", "starter_pid")
-    rows = [tuple(k.upper().replace("_ID", "").replace("STARTER_PID", "STARTER") for k in keys)]
-    rows += [tuple(str(c.get(k, "?")) for k in keys) for c in reply.get("containers", [])]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(keys))]
+    columns = {"job_id": "JOB", "task": "TASK", "user": "USER", "image": "IMAGE",
+               "state": "STATE", "container_id": "CONTAINER", "starter_pid": "STARTER"}
+    rows = [tuple(columns.values())]
+    rows += [tuple(str(c.get(k, "?")) for k in columns) for c in reply.get("containers", [])]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     return 0

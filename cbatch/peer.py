@@ -31,13 +31,17 @@ class ProcStat:
     start_ticks: int
 
 
+def ucred(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the connected peer, as the kernel recorded them."""
+    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
 def credentials(sock: socket.socket, proc: Path = PROC) -> Peer:
     """The connected peer's pid/uid/gid and supplementary groups.
 
     Raises OSError when the peer process is already gone.
     """
-    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                  _UCRED.size))
+    pid, uid, gid = ucred(sock)
     groups = status_field(pid, "Groups", proc).split()
     return Peer(pid, uid, gid, tuple(int(g) for g in groups), stat(pid, proc).start_ticks)
 

@@ -6,12 +6,11 @@ import grp
 import os
 import socket
 import stat
-import struct
 import threading
 from pathlib import Path
 from typing import Callable
 
-_UCRED = struct.Struct("3i")
+from cbatch import peer
 
 
 def bind(path: Path, mode: int, group: str | None) -> socket.socket:
@@ -50,7 +49,8 @@ class Server:
     """
 
     def __init__(self, sock: socket.socket, handle: Callable[[socket.socket], None],
-                 max_per_uid: Callable[[], int], refuse: Callable[[socket.socket, int], None]) -> None:
+                 max_per_uid: Callable[[], int],
+                 refuse: Callable[[socket.socket, int], None]) -> None:
         self.sock = sock
         self.handle = handle
         self.max_per_uid = max_per_uid
@@ -61,18 +61,16 @@ class Server:
     def accept_one(self) -> None:
         conn, _ = self.sock.accept()
         try:
-            uid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                _UCRED.size))[1]
+            uid = peer.ucred(conn)[1]
         except OSError:
             conn.close()
             return
+        limit = self.max_per_uid()
         with self.lock:
-            if self.per_uid.get(uid, 0) >= self.max_per_uid():
-                crowded = True
-            else:
-                crowded = False
-                self.per_uid[uid] = self.per_uid.get(uid, 0) + 1
-        if crowded:
+            running = self.per_uid.get(uid, 0)
+            if running < limit:
+                self.per_uid[uid] = running + 1
+        if running >= limit:
             self.refuse(conn, uid)
             return
         threading.Thread(target=self._run, args=(conn, uid), daemon=True, name="session").start()

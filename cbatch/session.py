@@ -22,10 +22,10 @@ from cbatch import adopt, binds, cgroups, demux, directives, outputs, peer, poli
 from cbatch import reconcile, spec, terminal, torque
 from cbatch.config import Config
 from cbatch.engine import Engine
+from cbatch.errors import (EXIT_NODE_FAILURE, EXIT_REFUSED, AdminRefused, CbatchError,
+                           ContainerFailed, EngineError, EngineUnavailable, NotATorqueJob,
+                           PolicyDenied, ProtocolError)
 from cbatch.relay import Relay
-from cbatch.errors import EXIT_NODE_FAILURE, EXIT_REFUSED, CbatchError, ContainerFailed, NotATorqueJob
-from cbatch.errors import EngineError, EngineUnavailable
-from cbatch.errors import AdminRefused, PolicyDenied, ProtocolError
 
 RELAYED = frozenset(int(s) for s in protocol.RELAYED_SIGNALS)
 
@@ -66,7 +66,9 @@ class Session:
                 self._resume(job)
             else:
                 self._launch(job, fds)
-            if self.terminal is not None:
+            if job.interactive:
+                self.terminal = terminal.Terminal(self.engine, self.container_id,
+                                                  self._attach, self.log)
                 self.terminal.resize(header.get("winsize"))
             status = self._supervise()
             self.marks["exited"] = time.monotonic()
@@ -159,8 +161,6 @@ class Session:
         if parent is None and self.cfg.pbs_track is not None and self.cfg.pbs_track.exists():
             threading.Thread(target=self._adopt, daemon=True, name="adopt").start()
         self._attach = attach
-        if job.interactive:
-            self.terminal = terminal.Terminal(self.engine, self.container_id, attach, self.log)
 
     def _adopt(self) -> None:
         """pbs_track -a the container's init, so Torque counts it and qdel reaches it."""
@@ -216,9 +216,6 @@ class Session:
                                               stdin=job.interactive)
         except CbatchError:  # it ended while the daemon was away: nothing left to stream
             self._attach = _closed_socket()
-        if job.interactive:
-            self.terminal = terminal.Terminal(self.engine, self.container_id, self._attach,
-                                              self.log)
         if existing.get("State") == "created":  # the old daemon stopped before starting it
             self.engine.start(self.container_id)
         self.log.info("job_resumed", state=existing.get("State"))

@@ -95,7 +95,7 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
         interactive = st.session != peer.pid
         mom_pid = _interactive_mom(peer.pid, st, proc) if interactive else st.ppid
         mom = peer_.stat(mom_pid, proc)
-        mom_uid = int(peer_.status_field(mom_pid, "Uid", proc).split()[0])
+        mom_uid = _uid(mom_pid, proc)
         environ = _read_limited(proc / str(peer.pid) / "environ", MAX_ENVIRON_BYTES)
         cwd = Path(os.readlink(proc / str(peer.pid) / "cwd"))
         umask = int(peer_.status_field(peer.pid, "Umask", proc), 8)
@@ -129,9 +129,9 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
     if not peer_.is_alive(peer.pid, peer.start_ticks, proc):
         raise NotATorqueJob("the job's starter process ended while cbatch checked it")
     return Job(
-        job_id=job_id, prefix=script.name[:-3] if script else prefix_of(job_id), task=task, user=entry.pw_name, uid=peer.uid,
-        gid=peer.gid, groups=peer.groups, home=Path(entry.pw_dir), cwd=cwd, umask=umask,
-        env=env, argv=tuple(argv), stdin=stdin, script=script, script_text=text,
+        job_id=job_id, prefix=script.name[:-3] if script else prefix_of(job_id), task=task,
+        user=entry.pw_name, uid=peer.uid, gid=peer.gid, groups=peer.groups,
+        home=Path(entry.pw_dir), cwd=cwd, umask=umask, env=env, argv=tuple(argv), stdin=stdin, script=script, script_text=text,
         queue=env.get("PBS_QUEUE", ""), rlimits=_parse_limits(limits_text), peer=peer,
         interactive=interactive)
 
@@ -144,12 +144,16 @@ def _interactive_mom(pid: int, st: peer_.ProcStat, proc: Path) -> int:
     the session and the terminal.
     """
     leader = peer_.stat(st.ppid, proc)
-    leader_uid = int(peer_.status_field(st.ppid, "Uid", proc).split()[0])
-    if not (st.session == st.ppid and leader.session == st.ppid and leader_uid == 0
+    if not (st.session == st.ppid and leader.session == st.ppid and _uid(st.ppid, proc) == 0
             and st.tty_nr != 0 and leader.tty_nr == st.tty_nr):
         raise NotATorqueJob("cbatch-starter must be started by pbs_mom as a Torque job "
                             "(this process is not a job's session leader)", pid=pid)
     return leader.ppid
+
+
+def _uid(pid: int, proc: Path) -> int:
+    """The real uid of a process."""
+    return int(peer_.status_field(pid, "Uid", proc).split()[0])
 
 
 def _script_path(cfg: Config, stdin: bytes, job_id: str, task: int) -> Path:
