@@ -56,9 +56,16 @@ class Terminal:
     def pump(self, emit: Callable[[int, bytes], bool]) -> str | None:
         """Copy the terminal's output to emit until the job ends; docker-init's failure
         message, if it printed one. Raises OSError when the stream breaks."""
+        refused = False  # the starter is gone: nobody to show the terminal to
+
+        def forward(stream: int, data: bytes) -> bool:
+            nonlocal refused
+            refused = not emit(stream, data)
+            return not refused
+
         while True:
-            failure = demux.pump_terminal(self.attach, emit)
-            if failure is not None or not self._reattached():
+            failure = demux.pump_terminal(self.attach, forward)
+            if failure is not None or refused or not self._reattached():
                 return failure
 
     def close(self) -> None:

@@ -97,3 +97,10 @@ def test_resizes_are_paced_and_repeats_skipped():
     elapsed = time.monotonic() - started
     assert engine.sizes == [(30, 100), (31, 100), (32, 100), (33, 100)]
     assert elapsed >= 3 / terminal.RESIZES_PER_S - 0.01  # at most RESIZES_PER_S calls a second
+
+
+def test_a_starter_gone_ends_the_pump_without_attaching_again():
+    engine = FakeEngine([], running=[])  # an inspect or attach would find nothing to pop
+    term = terminal.Terminal(engine, "c1", stream(b"output nobody reads"),
+                             structlog.get_logger())
+    assert term.pump(lambda s, d: False) is None
