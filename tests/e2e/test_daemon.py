@@ -118,10 +118,10 @@ def test_periodic_sweep_removes_orphans_while_the_daemon_runs(image_ids, site_di
 
 
 def test_a_second_starter_for_a_running_job_task_is_refused(daemon, submit):
-    first = submit("#!/bin/bash\nsleep 30\n", job_id="4242.vm")
+    first = submit("#!/bin/bash\nsleep 300\n", job_id="4242.vm")  # ended by qdel below
     daemon.wait_for_event("container_started", job_id="4242.vm")
     second = submit("#!/bin/bash\nsleep 30\n", job_id="4242.vm", keep=True, job_name="again")
-    assert second.wait(30) == 126
+    assert second.wait(60) == 126
     assert second.output()[1] == "cbatch: this job task already runs in a container on this node\n"
     first.qdel(0.5)
     assert first.wait(30) == 271

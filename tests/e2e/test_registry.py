@@ -106,6 +106,11 @@ def test_images_lists_pulls_and_prunes_the_pinned_set(api, registry, image_ids, 
             "gone: missing: a local image id cannot be pulled; load the image on this node"]
         assert api.inspect_image(new)
         api.pull(new.partition("@")[0], tag=old.partition("@")[2])  # a pin moved on from
+        user = api.create_container(old, "/bin/true")["Id"]  # Docker refuses to remove it
+        kept = cbatch("prune").stdout.splitlines()
+        assert len(kept) == 1 and kept[0].startswith(f"kept {old}: "), kept
+        assert api.inspect_image(old)
+        api.remove_container(user)
         pruned = cbatch("prune")
         assert pruned.stdout.splitlines() == [f"removed {old}"], pruned.stdout + pruned.stderr
         with pytest.raises(Exception, match="No such image"):

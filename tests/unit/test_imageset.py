@@ -1,4 +1,5 @@
-"""Which images `cbatch images prune` may remove (the engine mocked at its boundary)."""
+"""Which images `cbatch images prune` may pick among many kinds at once (the engine mocked
+at its boundary; the real engine's list, pull, prune and refusal are in e2e/test_registry)."""
 
 from cbatch import config, imageset
 from cbatch import engine as engine_
@@ -30,10 +31,3 @@ def test_prune_removes_only_unpinned_images_of_pinned_repositories(mocker):
         (f"{REPO}@{OLD}", None), (f"{REPO}@{OLDER}", "in use by a container")]
     assert [c.args[1] for c in remove.call_args_list] == ["i-old", "i-busy"]
 
-
-def test_survey_finds_images_by_digest_or_id(mocker):
-    mocker.patch.object(engine_, "local_images", return_value=[
-        {"Id": "sha256:" + "d" * 64, "RepoDigests": [], "Size": 2**20}])
-    found = {p.alias: p for p in imageset.survey(cfg(), engine=None)}
-    assert found["el9"].size_bytes is None and found["el9"].default
-    assert found["local"].size_bytes == 2**20 and not found["local"].default
