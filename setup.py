@@ -1,3 +1,40 @@
-from setuptools import setup
+"""cbatch's build: the Python package, plus the C programs in csrc/ compiled as static
+executables and installed beside the console scripts (cbatch-starter, cbatch-keeper).
 
-setup()
+Static on purpose: pbs_mom runs cbatch-starter with the job owner's environment, and a
+dynamically linked program would load LD_PRELOAD/LD_AUDIT code of theirs on the host.
+"""
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from setuptools import Distribution, setup
+
+HERE = Path(__file__).resolve().parent
+PROGRAMS = sorted(HERE.glob("csrc/*.c"))
+CFLAGS = ["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-D_FORTIFY_SOURCE=2"]
+
+_build_scripts = Distribution().get_command_class("build_scripts")
+
+
+class BuildScripts(_build_scripts):
+    """Compile each csrc/<name>.c to a static <name> and install it as a script."""
+
+    def run(self):
+        super().run()  # the Python scripts, if any
+        Path(self.build_dir).mkdir(parents=True, exist_ok=True)
+        cc = shlex.split(os.environ.get("CC", "cc"))
+        for source in PROGRAMS:
+            target = Path(self.build_dir) / source.stem
+            subprocess.run([*cc, *CFLAGS, "-o", str(target), str(source)], check=True)
+            target.chmod(0o755)
+
+
+class WithPrograms(Distribution):
+    def has_scripts(self):  # build and install scripts even when only csrc/ has any
+        return bool(PROGRAMS) or super().has_scripts()
+
+
+setup(distclass=WithPrograms, cmdclass={"build_scripts": BuildScripts})
