@@ -58,7 +58,8 @@ class Config:
     socket_group: str | None = None
     admin_group: str | None = None
     request_timeout_s: float = 10.0
-    max_connections_per_user: int = 1024
+    max_connections_per_user: int = 512
+    max_connections: int = 2048  # overall; must fit RLIMIT_NOFILE (nofile.py)
     torque_home: Path = Path("/var/spool/torque")
     require_pbs_mom_parent: bool = True
     job_cgroup: bool = True  # put containers under Torque's torque/<job id> cgroup if present
@@ -222,7 +223,9 @@ def parse(data: Any, source: Path | None = None) -> Config:
         socket_group=sock.get("group", str, None),
         admin_group=sock.get("admin_group", str, None),
         request_timeout_s=float(sock.get("request_timeout_s", (int, float), 10.0)),
-        max_connections_per_user=sock.get("max_connections_per_user", int, 1024),
+        max_connections_per_user=sock.get("max_connections_per_user", int,
+                                          d.max_connections_per_user),
+        max_connections=sock.get("max_connections", int, d.max_connections),
         torque_home=_absolute(torque, "home", str(d.torque_home)),
         require_pbs_mom_parent=torque.get("require_pbs_mom_parent", bool, True),
         job_cgroup=torque.get("job_cgroup", bool, True),
@@ -245,6 +248,9 @@ def parse(data: Any, source: Path | None = None) -> Config:
     )
     if fields["max_connections_per_user"] < 1:
         raise sock.fail("max_connections_per_user", "must be at least 1")
+    if not fields["max_connections_per_user"] <= fields["max_connections"] <= 1_000_000:
+        raise sock.fail("max_connections", "must be between max_connections_per_user and "
+                                           "1000000")
     if not 0.1 <= fields["request_timeout_s"] <= 300:
         raise sock.fail("request_timeout_s", "must be between 0.1 and 300 seconds")
     if fields["sweep_interval_s"] < 1:

@@ -6,6 +6,7 @@ Signal handlers only wake the main loop (set_wakeup_fd); the loop does the work.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import selectors
 import signal
@@ -17,10 +18,16 @@ from pathlib import Path
 
 import structlog
 
-from cbatch import config, logs, outputs, protocol, reconcile, server, systemd
+from cbatch import config, logs, nofile, outputs, protocol, reconcile, server, systemd
 from cbatch.engine import Engine
 from cbatch.errors import EXIT_NODE_FAILURE, CbatchError, ConfigError
 from cbatch.session import Session
+
+
+# When accept() fails (EMFILE, ENFILE, ENOBUFS, ENOMEM: the node is short of fds, buffers
+# or memory for a moment), the listener rests for a growing pause; the daemon never exits,
+# since the running jobs' sessions live in it.
+_BACKOFF_S = (0.05, 1.0)  # first pause, longest pause
 
 
 class Daemon:
@@ -32,13 +39,14 @@ class Daemon:
         self.lock = threading.Lock()
 
     def serve(self) -> int:
+        self._check_nofile(self.cfg)
         removed = outputs.clean(self.cfg.placeholder_dir)
         if removed:
             self.log.info("placeholders_cleaned", count=removed)
         self.sweep()
         listener = server.bind(self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group)
-        srv = server.Server(listener, self._handle, lambda: self.cfg.max_connections_per_user,
-                            self._refuse_crowded)
+        srv = server.Server(listener, self._handle, lambda: (
+            self.cfg.max_connections_per_user, self.cfg.max_connections), self._refuse_crowded)
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -52,15 +60,29 @@ class Daemon:
                       images=[i.alias for i in self.cfg.images], default=self.cfg.default_image)
         systemd.notify("READY=1")
         next_sweep = time.monotonic() + self.cfg.sweep_interval_s
+        backoff, resume_at = 0.0, None  # accept's pause after a failure, when it ends
         try:
             while True:
-                events = selector.select(timeout=max(0.0, next_sweep - time.monotonic()))
+                wake_at = next_sweep if resume_at is None else min(next_sweep, resume_at)
+                events = selector.select(timeout=max(0.0, wake_at - time.monotonic()))
                 if time.monotonic() >= next_sweep:  # even on a busy node
                     self.sweep()
                     next_sweep = time.monotonic() + self.cfg.sweep_interval_s
+                if resume_at is not None and time.monotonic() >= resume_at:
+                    selector.register(listener, selectors.EVENT_READ, "accept")
+                    resume_at = None
                 for key, _ in events:
                     if key.data == "accept":
-                        srv.accept_one()
+                        try:
+                            srv.accept_one()
+                            backoff = 0.0
+                        except OSError as exc:
+                            backoff = min(max(backoff * 2, _BACKOFF_S[0]), _BACKOFF_S[1])
+                            self.log.error("accept_failed", error=errno.errorcode.get(
+                                exc.errno or 0, str(exc)), reason=exc.strerror,
+                                pause_s=backoff, connections=srv.total)
+                            selector.unregister(listener)
+                            resume_at = time.monotonic() + backoff
                         continue
                     for signum in wake_r.recv(64):
                         if signum == signal.SIGHUP:
@@ -80,14 +102,16 @@ class Daemon:
             with self.lock:
                 self.sessions.discard(session)
 
-    def _refuse_crowded(self, conn: socket.socket, uid: int) -> None:
+    def _refuse_crowded(self, conn: socket.socket, uid: int, reason: str) -> None:
         """One error frame, then close: never a thread for a connection over the bound."""
-        self.log.warning("connection_refused", uid=uid, reason="too many connections",
-                         limit=self.cfg.max_connections_per_user)
+        self.log.warning("connection_refused", uid=uid, reason=reason,
+                         limit_per_uid=self.cfg.max_connections_per_user,
+                         limit=self.cfg.max_connections)
+        whose = "from your user " if reason.endswith("this uid") else ""
         try:
             conn.setblocking(False)
             protocol.send(conn, protocol.KIND_ERROR, status=EXIT_NODE_FAILURE,
-                          message="too many cbatch connections from your user on this node; "
+                          message=f"too many cbatch connections {whose}on this node; "
                                   "the job did not run; it can be requeued")
         except OSError:
             pass
@@ -112,9 +136,17 @@ class Daemon:
         for container_id in failed:
             self.log.error("orphan_not_removed", container_id=container_id[:12])
 
+    def _check_nofile(self, cfg: config.Config) -> None:
+        """Raises ConfigError when cfg's connection bound cannot fit the fd limit."""
+        before, now = nofile.ensure(cfg)
+        if now != before:
+            self.log.info("nofile_raised", soft_before=before, soft=now,
+                          needed=nofile.needed(cfg))
+
     def reload(self) -> None:
         try:
             new = config.load(self.config_path)
+            self._check_nofile(new)
         except ConfigError as exc:
             self.log.error("reload_failed", kept="previous configuration", **exc.log_fields())
             return
@@ -150,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(cfg.log_format, cfg.log_level)
     try:
         return Daemon(cfg, args.config).serve()
+    except ConfigError as exc:  # the connection bound does not fit the fd limit
+        structlog.get_logger("cbatchd").error("daemon_failed", **exc.log_fields())
+        print(f"cbatchd: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         structlog.get_logger("cbatchd").error("daemon_failed", error=str(exc))
         print(f"cbatchd: {exc}", file=sys.stderr)

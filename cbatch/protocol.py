@@ -10,17 +10,20 @@ Every message is one frame::
 The header is a JSON object whose "t" names the kind (the KIND_* constants). Output and
 stdin bytes travel as the raw payload, never inside JSON. File descriptors (the job's
 stdout/stderr) ride along a REQUEST frame as SCM_RIGHTS ancillary data.
-Both lengths are bounded; a peer that sends more is a protocol error, not a reason to read
-forever.
+Both lengths, the header's JSON nesting and the descriptors a frame may carry are bounded;
+a peer that sends more is a protocol error, not a reason to read (or hold fds) forever.
 """
 
 from __future__ import annotations
 
 import array
 import json
+import os
+import re
 import signal
 import socket
 import struct
+import time
 
 VERSION = 1
 
@@ -44,6 +47,8 @@ _PREFIX = struct.Struct(">II")
 MAX_HEADER = 256 * 1024
 MAX_PAYLOAD = 1024 * 1024
 MAX_FDS = 2
+MAX_DEPTH = 32  # JSON nesting of a header; real ones nest 3 deep at most
+_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings skipped, brackets seen
 
 
 class ProtocolError(Exception):
@@ -74,19 +79,26 @@ def send(sock: socket.socket, kind: str, payload: bytes = b"", fds: list[int] | 
         sock.sendall(data)
 
 
-def _recv_exact(sock: socket.socket, size: int, fds: list[int] | None, started: bool) -> bytes:
+def _recv_exact(sock: socket.socket, size: int, fds: list[int] | None, started: bool,
+                deadline: float | None) -> bytes:
     buf = bytearray()
     while len(buf) < size:
-        if fds is not None:
-            chunk, ancdata, _flags, _addr = sock.recvmsg(
-                size - len(buf), socket.CMSG_SPACE(MAX_FDS * 4))
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    received = array.array("i")
-                    received.frombytes(data[: len(data) - len(data) % 4])
-                    fds.extend(received)
-        else:
-            chunk = sock.recv(size - len(buf))
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProtocolError("the frame did not arrive in time")
+            sock.settimeout(left)
+        try:
+            if fds is not None:
+                chunk, ancdata, _flags, _addr = sock.recvmsg(
+                    size - len(buf), socket.CMSG_SPACE(MAX_FDS * 4))
+                _take_fds(ancdata, fds)
+            else:
+                chunk = sock.recv(size - len(buf))
+        except socket.timeout:
+            if deadline is not None:
+                raise ProtocolError("the frame did not arrive in time") from None
+            raise
         if not chunk:
             if not buf and not started:
                 raise PeerClosed()
@@ -95,27 +107,68 @@ def _recv_exact(sock: socket.socket, size: int, fds: list[int] | None, started: 
     return bytes(buf)
 
 
-def recv(sock: socket.socket, fds: list[int] | None = None) -> tuple[dict, bytes]:
+def _take_fds(ancdata: list, fds: list[int]) -> None:
+    """Keep at most MAX_FDS descriptors per frame; close any beyond that at once.
+
+    Each recvmsg may bring more, so they are counted as they arrive: a peer sending one
+    byte at a time with two fds each must not fill the daemon's fd table before the
+    frame ends.
+    """
+    received = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received.frombytes(data[: len(data) - len(data) % 4])
+    room = max(0, MAX_FDS - len(fds))
+    fds.extend(received[:room])
+    for fd in received[room:]:
+        os.close(fd)
+    if len(received) > room:
+        raise ProtocolError("too many file descriptors")
+
+
+def _too_deep(raw: bytes) -> bool:
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for match in _NESTING.finditer(raw):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
+def recv(sock: socket.socket, fds: list[int] | None = None,
+         timeout_s: float | None = None) -> tuple[dict, bytes]:
     """Read one frame: (header, payload).
 
-    Pass a list as ``fds`` to accept SCM_RIGHTS descriptors; they are appended to it and
-    belong to the caller. Raises PeerClosed at a clean end of stream, ProtocolError on
-    anything malformed or oversized.
+    Pass a list as ``fds`` to accept SCM_RIGHTS descriptors (at most MAX_FDS); they are
+    appended to it and belong to the caller. With ``timeout_s`` the whole frame must
+    arrive within that time, however the peer paces its bytes. Raises PeerClosed at a
+    clean end of stream, ProtocolError on anything malformed, oversized or late.
     """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    previous = sock.gettimeout()
     try:
-        prefix = _recv_exact(sock, _PREFIX.size, fds, started=False)
+        prefix = _recv_exact(sock, _PREFIX.size, fds, False, deadline)
         header_len, payload_len = _PREFIX.unpack(prefix)
         if header_len > MAX_HEADER or payload_len > MAX_PAYLOAD:
             raise ProtocolError(f"frame too large ({header_len}+{payload_len} bytes)")
-        raw = _recv_exact(sock, header_len, fds, started=True)
-        payload = _recv_exact(sock, payload_len, fds, started=True) if payload_len else b""
+        raw = _recv_exact(sock, header_len, fds, True, deadline)
+        payload = _recv_exact(sock, payload_len, fds, True, deadline) if payload_len else b""
     except (ConnectionResetError, BrokenPipeError) as exc:
         raise ProtocolError(f"connection lost: {exc.strerror}") from exc
-    if fds is not None and len(fds) > MAX_FDS:
-        raise ProtocolError("too many file descriptors")
+    finally:
+        if deadline is not None:
+            sock.settimeout(previous)
+    if _too_deep(raw):
+        raise ProtocolError(f"frame header nests deeper than {MAX_DEPTH} levels")
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError("frame header is not JSON") from exc
     if not isinstance(header, dict) or not isinstance(header.get("t"), str):
         raise ProtocolError("frame header has no kind")

@@ -42,44 +42,59 @@ def bind(path: Path, mode: int, group: str | None) -> socket.socket:
 
 
 class Server:
-    """Accepts connections and runs each in its own thread, a bounded number per uid.
+    """Accepts connections and runs each in its own thread, bounded per uid and overall.
 
-    The bound keeps one user (or a runaway loop of theirs) from exhausting the daemon's
-    threads for everyone else's jobs; the uid is the kernel's, read at accept.
+    The per-uid bound keeps one user (or a runaway loop of theirs) from exhausting the
+    daemon's threads for everyone else's jobs; the overall bound keeps all of them within
+    the daemon's open-file limit (nofile.py). The uid is the kernel's, read at accept.
     """
 
     def __init__(self, sock: socket.socket, handle: Callable[[socket.socket], None],
-                 max_per_uid: Callable[[], int],
-                 refuse: Callable[[socket.socket, int], None]) -> None:
+                 limits: Callable[[], tuple[int, int]],
+                 refuse: Callable[[socket.socket, int, str], None]) -> None:
         self.sock = sock
         self.handle = handle
-        self.max_per_uid = max_per_uid
+        self.limits = limits  # () -> (max per uid, max overall), read once per accept
         self.refuse = refuse
         self.per_uid: dict[int, int] = {}
+        self.total = 0
         self.lock = threading.Lock()
 
     def accept_one(self) -> None:
+        """Accept one connection. OSError from accept itself (EMFILE...) is the caller's."""
         conn, _ = self.sock.accept()
         try:
             uid = peer.ucred(conn)[1]
         except OSError:
             conn.close()
             return
-        limit = self.max_per_uid()
+        per_uid, overall = self.limits()
         with self.lock:
             running = self.per_uid.get(uid, 0)
-            if running < limit:
+            crowded = ("too many connections from this uid" if running >= per_uid else
+                       "too many connections on this node" if self.total >= overall else None)
+            if crowded is None:
                 self.per_uid[uid] = running + 1
-        if running >= limit:
-            self.refuse(conn, uid)
+                self.total += 1
+        if crowded is not None:
+            self.refuse(conn, uid, crowded)
             return
-        threading.Thread(target=self._run, args=(conn, uid), daemon=True, name="session").start()
+        try:
+            threading.Thread(target=self._run, args=(conn, uid), daemon=True,
+                             name="session").start()
+        except RuntimeError:  # no thread to be had: refuse rather than leak the slot
+            self._release(uid)
+            self.refuse(conn, uid, "no thread available")
 
     def _run(self, conn: socket.socket, uid: int) -> None:
         try:
             self.handle(conn)
         finally:
-            with self.lock:
-                self.per_uid[uid] -= 1
-                if not self.per_uid[uid]:
-                    del self.per_uid[uid]
+            self._release(uid)
+
+    def _release(self, uid: int) -> None:
+        with self.lock:
+            self.total -= 1
+            self.per_uid[uid] -= 1
+            if not self.per_uid[uid]:
+                del self.per_uid[uid]

@@ -93,7 +93,7 @@ class Session:
     # -- steps -------------------------------------------------------------------------
     def _read_request(self, fds: list[int]) -> tuple[dict, bytes]:
         try:
-            header, payload = protocol.recv(self.conn, fds)
+            header, payload = protocol.recv(self.conn, fds, self.cfg.request_timeout_s)
         except protocol.PeerClosed:
             raise ProtocolError("the starter closed the connection before its request") from None
         except (protocol.ProtocolError, socket.timeout, OSError) as exc:
@@ -102,7 +102,12 @@ class Session:
             return header, payload
         if header.get("t") != protocol.KIND_REQUEST:
             raise ProtocolError(f"expected a request, got {str(header.get('t'))[:40]!r}")
-        if header.get("v") != protocol.VERSION:
+        version = header.get("v")
+        if type(version) is not int:  # noqa: E721 - a bool or a string is no version
+            raise ProtocolError("the request's protocol version is not a number; "
+                                "cbatch-starter and cbatchd do not match: ask your admin to "
+                                "install matching versions")
+        if version != protocol.VERSION:
             raise ProtocolError(f"cbatch-starter speaks protocol {str(header.get('v'))[:20]}, "
                                 f"cbatchd speaks {protocol.VERSION}; ask your admin to "
                                 "install matching versions")

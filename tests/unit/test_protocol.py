@@ -1,6 +1,9 @@
+import array
 import os
 import socket
 import struct
+import threading
+import time
 
 import pytest
 
@@ -64,3 +67,71 @@ def test_malformed_header_is_a_protocol_error(pair, header):
     a.sendall(struct.pack(">II", len(header), 0) + header)
     with pytest.raises(protocol.ProtocolError):
         protocol.recv(b)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_descriptors_beyond_the_bound_are_closed_as_they_arrive(pair):
+    """One byte per sendmsg, two fds each: the frame is refused at the first surplus fd."""
+    a, b = pair
+    frame = protocol.encode(protocol.KIND_REQUEST, v=1)
+    r, w = os.pipe()
+    try:
+        a.sendall(frame[:8])
+        for byte in frame[8:40]:
+            a.sendmsg([bytes([byte])], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                         array.array("i", [r, w]))])
+        before = _open_fds()
+        fds: list[int] = []
+        with pytest.raises(protocol.ProtocolError, match="too many file descriptors"):
+            protocol.recv(b, fds)
+        assert len(fds) == protocol.MAX_FDS
+        assert _open_fds() == before + protocol.MAX_FDS  # the surplus pair was closed
+    finally:
+        for fd in (r, w, *fds):
+            os.close(fd)
+
+
+def test_a_frame_must_arrive_whole_within_the_timeout(pair):
+    """A peer that trickles one byte at a time cannot stretch the per-read timeout."""
+    a, b = pair
+    frame = protocol.encode(protocol.KIND_REQUEST, v=1)
+
+    def trickle():
+        for byte in frame:
+            try:
+                a.send(bytes([byte]))
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    started = time.monotonic()
+    with pytest.raises(protocol.ProtocolError, match="did not arrive in time"):
+        protocol.recv(b, [], timeout_s=0.3)
+    assert time.monotonic() - started < 0.6
+    assert b.gettimeout() is None  # the socket is left as it was found
+    a.close()
+    sender.join()
+
+
+@pytest.mark.parametrize("header", [
+    b'{"t":"request","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # RecursionError natively
+    b'{"t":"request","x":' + b'{"a":' * 33 + b"1" + b"}" * 33 + b"}",
+])
+def test_deeply_nested_headers_are_a_protocol_error(pair, header):
+    a, b = pair
+    a.sendall(struct.pack(">II", len(header), 0) + header)
+    with pytest.raises(protocol.ProtocolError, match="nests deeper than 32"):
+        protocol.recv(b)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(pair):
+    a, b = pair
+    text = "[" * 1000 + '\\"{' * 50
+    protocol.send(a, protocol.KIND_REQUEST, argv=[text], nested=[[[{"a": [1]}]]])
+    header, _ = protocol.recv(b)
+    assert header["argv"] == [text]
