@@ -77,6 +77,8 @@ class Config:
     engine_retry_s: float = 60.0
     sweep_interval_s: float = 60.0
     memory_from_rlimit: bool = True
+    read_only_root: bool = True  # the image's root read-only: jobs write only to mounts
+    tmp_bytes: int | None = 2**30  # each job's /tmp + /var/tmp (a tmpfs); None: the image's
     log_format: str = "json"
     log_level: str = "info"
     source: Path | None = None
@@ -195,6 +197,26 @@ def _roots(sec: _Section, key: str) -> tuple[Path, ...]:
     return tuple(Path(r) for r in roots)
 
 
+def _size(sec: _Section, key: str, default: int | None) -> int | None:
+    """A size in bytes: an integer, or digits with k, m, g or t (binary units, as tmpfs
+    reads them); null when the key says null."""
+    if key in sec.data and sec.data[key] is None:
+        sec.used.add(key)
+        return None
+    value = sec.get(key, (int, str), default)
+    if isinstance(value, bool):
+        raise sec.fail(key, f"must be a size like 1g, not {value!r}")
+    if isinstance(value, str):
+        match = re.fullmatch(r"([0-9]+)([kmgt]?)", value.strip().lower())
+        if not match:
+            raise sec.fail(key, f"must be a size like 1g, 512m or a number of bytes, "
+                                f"not {value!r}")
+        value = int(match[1]) * 1024 ** " kmgt".index(match[2] or " ")
+    if value is not None and value < 2**20:
+        raise sec.fail(key, "must be at least 1m")
+    return value
+
+
 def _mode(sec: _Section, key: str, default: int) -> int:
     value = sec.get(key, (int, str), default)
     try:
@@ -242,6 +264,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
         sweep_interval_s=float(container.get("sweep_interval_s", (int, float),
                                              d.sweep_interval_s)),
         memory_from_rlimit=container.get("memory_from_rlimit", bool, True),
+        read_only_root=container.get("read_only_root", bool, d.read_only_root),
+        tmp_bytes=_size(container, "tmp_size", d.tmp_bytes),
         log_format=logging_.choice("format", LOG_FORMATS, d.log_format),
         log_level=logging_.choice("level", ("debug", "info", "warning", "error"), d.log_level),
         source=source,

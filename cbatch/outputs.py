@@ -11,20 +11,15 @@ is streamed through the starter.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import fcntl
 import os
 import stat
 from pathlib import Path
 
+from cbatch import placeholders as placeholders_
 from cbatch.binds import SYSTEM_TREES, Bind
 from cbatch.spec import STREAM, Output
-
-_MS_BIND = 4096
-_MNT_DETACH = 2
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 # The target is the file's own path; a user who fakes it (ptrace, a private mount
 # namespace) must not be able to lay a file over the image's system folders.
 _FORBIDDEN = tuple(str(p) for p in SYSTEM_TREES)
@@ -40,11 +35,7 @@ class Plan:
     def release(self) -> None:
         """Drop the host-side placeholders (the container keeps its own mounts)."""
         for path in self.placeholders:
-            _libc.umount2(str(path).encode(), _MNT_DETACH)
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+            placeholders_.unmount(path)
         self.placeholders.clear()
 
 
@@ -62,7 +53,7 @@ def plan(fds: list[int], name: str, run_dir: Path) -> Plan:
         if out.mode != "file" or (number == 2 and same):
             continue
         placeholder = run_dir / f"{name}.{number}"
-        if not _mount_fd(fd, placeholder):
+        if not placeholders_.mount(fd, placeholder):
             outputs[number - 1] = STREAM
             continue
         placeholders.append(placeholder)
@@ -76,12 +67,7 @@ def plan(fds: list[int], name: str, run_dir: Path) -> Plan:
 
 def clean(run_dir: Path) -> int:
     """Remove placeholders a previous daemon left behind (at start); how many."""
-    count = 0
-    for path in run_dir.glob("*") if run_dir.is_dir() else ():
-        _libc.umount2(str(path).encode(), _MNT_DETACH)
-        path.unlink(missing_ok=True)
-        count += 1
-    return count
+    return placeholders_.clean(run_dir)
 
 
 def _classify(fd: int) -> Output:
@@ -104,17 +90,3 @@ def _classify(fd: int) -> Output:
 def _same_file(fd1: int, fd2: int) -> bool:
     a, b = os.fstat(fd1), os.fstat(fd2)
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _mount_fd(fd: int, placeholder: Path) -> bool:
-    """Bind the open file onto a placeholder, so Docker mounts the file, not a name."""
-    try:
-        placeholder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(placeholder, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
-    except OSError:
-        return False
-    if _libc.mount(f"/proc/self/fd/{fd}".encode(), str(placeholder).encode(), None,
-                   _MS_BIND, None) != 0:
-        placeholder.unlink(missing_ok=True)
-        return False
-    return True

@@ -22,6 +22,8 @@ class Decision:
     memory_limit: bool  # turn the job's RSS rlimit (from mem/pmem) into a cgroup limit
     drop_env: tuple[str, ...]
     workdir_roots: tuple[Path, ...] = (Path("/"),)
+    read_only_root: bool = True
+    tmp_bytes: int | None = None  # the job's /tmp and /var/tmp store (storage.py)
 
 
 def admits(audience: Audience, user: str, group_names: frozenset[str], queue: str) -> bool:
@@ -55,4 +57,5 @@ def decide(cfg: Config, user: str, group_names: frozenset[str], queue: str,
     mounts = tuple(m for m in cfg.mounts if admits(m.audience, user, group_names, queue))
     return Decision(image=image, site_mounts=mounts, network=cfg.network,
                     pids_limit=cfg.pids_limit, memory_limit=cfg.memory_from_rlimit,
-                    drop_env=cfg.drop_env, workdir_roots=cfg.workdir_roots)
+                    drop_env=cfg.drop_env, workdir_roots=cfg.workdir_roots,
+                    read_only_root=cfg.read_only_root, tmp_bytes=cfg.tmp_bytes)

@@ -19,7 +19,7 @@ import structlog
 
 from cbatch import adminops as admin
 from cbatch import adopt, binds, cgroups, demux, directives, outputs, peer, policy, protocol
-from cbatch import reconcile, spec, terminal, torque
+from cbatch import reconcile, spec, storage, terminal, torque
 from cbatch.config import Config
 from cbatch.engine import Engine
 from cbatch.errors import (EXIT_NODE_FAILURE, EXIT_REFUSED, AdminRefused, CbatchError,
@@ -44,6 +44,8 @@ class Session:
         self.done = threading.Event()  # set once the job's end is known: EOF is then normal
         self.job: torque.Job | None = None
         self.plan: outputs.Plan | None = None
+        self.mounts: binds.Mounts | None = None  # the job's own folders, held open
+        self.store: storage.Store | None = None  # the job's /tmp and /var/tmp
         self.init_failure: str | None = None
         self.terminal: terminal.Terminal | None = None  # an interactive job's
         self.engine_lost = False
@@ -87,7 +89,11 @@ class Session:
                 os.close(fd)
             if self.plan is not None:
                 self.plan.release()
+            if self.mounts is not None:
+                self.mounts.release()
             self._cleanup()
+            if self.store is not None:  # after the container's removal: nothing holds it
+                self.store.remove()
             self.conn.close()
 
     # -- steps -------------------------------------------------------------------------
@@ -135,14 +141,19 @@ class Session:
         groups = _group_names(job.groups) if self.cfg.uses_groups else frozenset()
         decision = policy.decide(self.cfg, job.user, groups, job.queue, found)
         self.log = self.log.bind(image=decision.image.alias, digest=decision.image.ref)
-        mounts = binds.resolve(job, decision, self.cfg.torque_home)
+        mounts = self.mounts = binds.resolve(job, decision, self.cfg.torque_home)
+        mounts.pin(self.cfg.placeholder_dir, job.container_name)
+        if decision.tmp_bytes:
+            self.store = storage.make(self.cfg.placeholder_dir, job.container_name,
+                                      decision.tmp_bytes, {b.target for b in mounts.binds})
         # an interactive job's output goes to its terminal: streamed, never mounted
         plan = self.plan = outputs.plan([] if job.interactive else fds, job.container_name,
                                         self.cfg.placeholder_dir)
         self.engine = self.engine_factory()
         parent = (cgroups.torque_parent(job.job_id, self.engine.cgroup_driver())
                   if self.cfg.job_cgroup else None)
-        container = spec.build(job, decision, mounts, plan.stdout, plan.stderr, plan.binds,
+        extra = plan.binds + (self.store.binds if self.store else ())
+        container = spec.build(job, decision, mounts.binds, plan.stdout, plan.stderr, extra,
                                cgroup_parent=parent)
         self.engine.ensure_image(decision.image.ref, self.cfg.pull)
         self.marks["image"] = time.monotonic()
@@ -161,6 +172,7 @@ class Session:
             attach.close()
             raise
         plan.release()  # the container holds its own mounts of the output files now
+        mounts.release()  # and of the job's folders
         self.log.info("container_started", stdout=plan.stdout.mode, stderr=plan.stderr.mode,
                       cgroup_parent=parent)
         if parent is None and self.cfg.pbs_track is not None and self.cfg.pbs_track.exists():
@@ -298,6 +310,10 @@ class Session:
                     else "a process of the job was killed")
             message = (f"{what}: it ran out of memory (limit{size}); request more memory "
                        "(qsub -l mem=...) or use less")
+        tmp_full = self.store.full() if self.store is not None else None
+        if tmp_full:
+            self.log.warning("tmp_filled", limit_bytes=self.store.size_bytes, reason=tmp_full)
+            message = message or tmp_full
         self.done.set()
         self._send(protocol.KIND_EXIT, status=status, signal=signum, message=message)
         self.log.info("job_finished", exit_status=status, signal=signum,

@@ -122,6 +122,9 @@ def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output 
         "network_mode": decision.network,
         "init": True,  # docker-init as pid 1: signals reach the job, zombies are reaped
         "privileged": False,
+        # writes outside the job's mounts go to its bounded /tmp (storage.py), never into
+        # Docker's own storage
+        "read_only": decision.read_only_root,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "pids_limit": decision.pids_limit,

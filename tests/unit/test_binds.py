@@ -1,6 +1,8 @@
 """Which host paths a job's container gets (real temporary files, no Docker)."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,55 +31,134 @@ def test_workdir_roots_narrow_where_jobs_may_run():
     assert not binds.is_job_path(Path("/tmp"), roots, TORQUE)
 
 
+@pytest.fixture
+def place():
+    """A folder every uid can search (pytest's tmp_path sits behind a 0700 parent)."""
+    path = Path(tempfile.mkdtemp(prefix="cbatch-binds-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def resolve(job, decision=None, torque=TORQUE) -> dict[str, binds.Bind]:
+    """The binds by target; the descriptors are closed at once."""
+    mounts = binds.resolve(job, decision or make_decision(), torque)
+    try:
+        return {str(b.target): b for b in mounts.binds}
+    finally:
+        mounts.release()
+
+
 def test_working_directory_in_a_system_folder_is_refused():
     with pytest.raises(PolicyDenied, match="working directory /etc cannot be used"):
-        binds.resolve(make_job(cwd=Path("/etc"), home=Path("/nonexistent")), make_decision(), TORQUE)
+        resolve(make_job(cwd=Path("/etc"), home=Path("/nonexistent")))
 
 
-def test_job_gets_its_files_read_only_where_needed(tmp_path):
-    home = tmp_path / "home"
+def test_job_gets_its_files_read_only_where_needed(place):
+    home = place / "home"
     (home / "run").mkdir(parents=True)
     job = make_job(home=home, cwd=home / "run", env={})
-    result = {str(b.target): b.read_only for b in binds.resolve(job, make_decision(), TORQUE)}
+    result = {target: b.read_only for target, b in resolve(job).items()}
     assert result == {"/etc/passwd": True, "/etc/group": True, str(home): False,
                       str(job.script): True}  # cwd is inside the home: one mount
 
 
-def test_tmpdir_is_mounted_only_when_it_is_the_users_real_directory(tmp_path):
-    own = tmp_path / "own"
+def test_the_jobs_own_folders_are_held_open_until_released(place):
+    (place / "run").mkdir()
+    mounts = binds.resolve(make_job(home=Path("/nonexistent"), cwd=place / "run", env={}),
+                           make_decision(), TORQUE)
+    fd = mounts.fds[place / "run"]
+    assert os.readlink(f"/proc/self/fd/{fd}") == str(place / "run")
+    assert set(mounts.fds) == {place / "run"}  # site and system files go by name
+    mounts.release()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_a_working_directory_swapped_for_a_symlink_is_refused(place):
+    (place / "real").mkdir()
+    (place / "run").symlink_to(place / "real")
+    with pytest.raises(PolicyDenied) as caught:
+        resolve(make_job(home=Path("/nonexistent"), cwd=place / "run", env={}))
+    assert str(caught.value) == (
+        f"the job's working directory {place}/run cannot be used in its container "
+        f"({place}/run is a symbolic link); submit from a plain folder of yours and leave it "
+        "in place until the job has started")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes folders of another uid")
+def test_a_working_directory_behind_another_users_0700_folder_is_refused(place):
+    private = place / "private"
+    (private / "open").mkdir(parents=True)
+    os.chown(private, 54322, 54322)
+    os.chmod(private, 0o700)
+    with pytest.raises(PolicyDenied, match=f"{private} is closed to uid 1001"):
+        resolve(make_job(home=Path("/nonexistent"), cwd=private / "open", env={}))
+
+
+def test_a_working_directory_gone_since_the_job_started_is_not_mounted(place):
+    job = make_job(home=Path("/nonexistent"), cwd=place / "gone", env={})
+    assert str(place / "gone") not in resolve(job)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts placeholders")
+def test_pinned_folder_stays_the_checked_one_when_its_name_is_swapped(place):
+    """The race: the name is swapped for a symlink after the check; Docker gets the
+    placeholder, which still holds the folder that was checked."""
+    (place / "run").mkdir()
+    (place / "run" / "mine").write_text("own\n")
+    (place / "secret").mkdir()
+    (place / "secret" / "marker").write_text("secret\n")
+    job = make_job(home=Path("/nonexistent"), cwd=place / "run", env={})
+    mounts = binds.resolve(job, make_decision(), TORQUE)
+    os.rename(place / "run", place / "moved")
+    (place / "run").symlink_to(place / "secret")
+    run_dir = place / "placeholders"
+    try:
+        mounts.pin(run_dir, "cbatch-12.vm")
+        source = next(b.source for b in mounts.binds if b.target == place / "run")
+        assert source.parent == run_dir
+        assert sorted(os.listdir(source)) == ["mine"]
+    finally:
+        mounts.release()
+    assert list(run_dir.iterdir()) == []  # placeholders unmounted and removed
+
+
+def test_tmpdir_is_mounted_only_when_it_is_the_users_real_directory(place):
+    own = place / "own"
     own.mkdir()
-    link = tmp_path / "link"
+    link = place / "link"
     link.symlink_to(own)
     uid = os.getuid()
-    work = tmp_path / "work"
+    work = place / "work"
     work.mkdir()
     for value, mounted in ((str(own), True), (str(link), False), ("/root", False),
-                           ("relative", False), (str(tmp_path / "missing"), False)):
+                           ("relative", False), (str(place / "missing"), False),
+                           (f"{work}/../own", False)):
         job = make_job(uid=uid, home=Path("/nonexistent"), cwd=work, env={"TMPDIR": value})
-        targets = {str(b.target) for b in binds.resolve(job, make_decision(), TORQUE)}
-        assert (value in targets) is mounted, value
+        assert (value in resolve(job)) is mounted, value
     other = make_job(uid=uid + 1, home=Path("/nonexistent"), cwd=work,
                      env={"TMPDIR": str(own)})
-    assert str(own) not in {str(b.target) for b in binds.resolve(other, make_decision(), TORQUE)}
+    assert str(own) not in resolve(other)
 
 
-def test_node_files_only_from_torques_aux_folder(tmp_path):
-    aux = tmp_path / "aux"
+def test_node_files_only_from_torques_aux_folder(place):
+    aux = place / "aux"
     aux.mkdir()
     (aux / "1.vm").write_text("node\n")
-    (tmp_path / "elsewhere").write_text("secret\n")
+    (place / "elsewhere").write_text("secret\n")
     job = make_job(home=Path("/nonexistent"), cwd=Path("/tmp"),
-                   env={"PBS_NODEFILE": f"{aux}//1.vm", "PBS_GPUFILE": str(tmp_path / "elsewhere")})
-    targets = {str(b.target) for b in binds.resolve(job, make_decision(), tmp_path)}
-    assert str(aux / "1.vm") in targets and str(tmp_path / "elsewhere") not in targets
+                   env={"PBS_NODEFILE": f"{aux}//1.vm", "PBS_GPUFILE": str(place / "elsewhere")})
+    targets = resolve(job, torque=place)
+    assert str(aux / "1.vm") in targets and str(place / "elsewhere") not in targets
 
 
 def test_missing_site_folder_fails_unless_optional():
     from cbatch.errors import ContainerFailed
     job = make_job(home=Path("/nonexistent"), cwd=Path("/tmp"), env={})
     with pytest.raises(ContainerFailed, match="/nowhere is missing on this node"):
-        binds.resolve(job, make_decision(mounts=[{"path": "/nowhere"}]), TORQUE)
-    assert binds.resolve(job, make_decision(mounts=[{"path": "/nowhere", "optional": True}]), TORQUE)
+        resolve(job, make_decision(mounts=[{"path": "/nowhere"}]))
+    assert resolve(job, make_decision(mounts=[{"path": "/nowhere", "optional": True}]))
 
 
 def test_output_files_in_system_folders_are_streamed_not_mounted(tmp_path):

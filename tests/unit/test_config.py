@@ -45,6 +45,10 @@ def test_minimal_config_takes_defaults(tmp_path):
     ("socket: [1, 2]\n", "socket (line 1)", "must be a mapping"),
     ("socket:\n  path: /a\n  path: /b\n", "path (line 3)", "duplicate key"),
     ("socket: {path: /a\n", "cbatch.yaml", "YAML syntax error"),
+    ("container:\n  tmp_size: 1 gig\n", "container.tmp_size (line 2)", "must be a size like 1g"),
+    ("container:\n  tmp_size: 512k\n", "container.tmp_size (line 2)", "must be at least 1m"),
+    ("container:\n  tmp_size: yes\n", "container.tmp_size (line 2)", "must be a size like 1g"),
+    ("container:\n  read_only_root: no way\n", "container.read_only_root (line 2)", "must be bool"),
 ])
 def test_errors_name_key_path_and_line(tmp_path, text, where, problem):
     with pytest.raises(ConfigError) as info:
@@ -52,6 +56,14 @@ def test_errors_name_key_path_and_line(tmp_path, text, where, problem):
     message = str(info.value)
     assert where in message and problem in message, message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("value,size", [
+    ("", 2**30), ("tmp_size: 2g", 2 * 2**30), ("tmp_size: 512M", 512 * 2**20),
+    ("tmp_size: 1048576", 2**20), ("tmp_size: null", None)])
+def test_each_jobs_tmp_is_bounded_by_default_and_sized_by_the_admin(tmp_path, value, size):
+    cfg = load_text(tmp_path, f"container:\n  {value}\n" if value else "")
+    assert cfg.tmp_bytes == size and cfg.read_only_root is True
 
 
 def test_unreadable_file_is_a_config_error(tmp_path):

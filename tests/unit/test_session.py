@@ -2,6 +2,7 @@
 
 import socket
 import threading
+from pathlib import Path
 
 from structlog.testing import capture_logs
 
@@ -30,7 +31,9 @@ def run_session(mocker, engine, job, **request):
     mocker.patch.object(torque, "verify", return_value=job)
     mocker.patch.object(session.peer, "credentials",
                         return_value=job.peer)
-    cfg = config.parse({"images": {"default": "el9", "aliases": {"el9": {"ref": DIGEST}}}})
+    # no per-job /tmp store: these sessions mount nothing on the host
+    cfg = config.parse({"images": {"default": "el9", "aliases": {"el9": {"ref": DIGEST}}},
+                        "container": {"tmp_size": None}})
     daemon_end, starter_end = socket.socketpair()
     s = session.Session(daemon_end, cfg, engine_factory=lambda: engine)
     protocol.send(starter_end, protocol.KIND_REQUEST, b"x\n", v=protocol.VERSION,
@@ -46,7 +49,8 @@ def run_session(mocker, engine, job, **request):
 
 def test_internal_error_gives_an_incident_id_and_no_host_details(mocker, tmp_path):
     engine = BrokenEngine()
-    job = make_job(home=tmp_path, cwd=tmp_path, env={})
+    # folders that are gone: nothing of the job's to mount on the way to the bug
+    job = make_job(home=Path("/nonexistent"), cwd=Path("/nonexistent/run"), env={})
     header, logs = run_session(mocker, engine, job)
     assert header["t"] == "error" and header["status"] == 125
     message = header["message"]

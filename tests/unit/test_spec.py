@@ -21,6 +21,12 @@ def test_container_runs_as_the_peer_with_all_groups_hardened():
     assert s.create["image"] == DIGEST and s.create["working_dir"] == "/home/alice/run"
 
 
+def test_the_image_root_is_read_only_unless_the_admin_says_otherwise():
+    assert build().host_config["read_only"] is True
+    writable = make_decision(container={"read_only_root": False})
+    assert build(decision=writable).host_config["read_only"] is False
+
+
 def test_name_and_labels_come_from_the_job():
     s = build(make_job(job_id="7[2].vm", prefix="7-2.vm"))
     assert s.name == "cbatch-7-2.vm"
