@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ class Config:
     memory_from_rlimit: bool = True
     read_only_root: bool = True  # the image's root read-only: jobs write only to mounts
     tmp_bytes: int | None = 2**30  # each job's /tmp + /var/tmp (a tmpfs); None: the image's
+    keeper: Path = Path(sysconfig.get_path("scripts")) / "cbatch-keeper"
     log_format: str = "json"
     log_level: str = "info"
     source: Path | None = None
@@ -90,6 +92,11 @@ class Config:
     def placeholder_dir(self) -> Path:
         """Where the daemon mounts job output files for Docker (beside its socket)."""
         return self.socket_path.parent / "out"
+
+    @property
+    def exit_dir(self) -> Path:
+        """Where the daemon keeps each job's exit FIFO (keeper.py), beside its socket."""
+        return self.socket_path.parent / "exit"
 
     @property
     def uses_groups(self) -> bool:
@@ -266,6 +273,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         memory_from_rlimit=container.get("memory_from_rlimit", bool, True),
         read_only_root=container.get("read_only_root", bool, d.read_only_root),
         tmp_bytes=_size(container, "tmp_size", d.tmp_bytes),
+        keeper=_absolute(container, "keeper", str(d.keeper)),
         log_format=logging_.choice("format", LOG_FORMATS, d.log_format),
         log_level=logging_.choice("level", ("debug", "info", "warning", "error"), d.log_level),
         source=source,

@@ -13,7 +13,7 @@ import struct
 from typing import Callable
 
 HEADER = struct.Struct(">BxxxI")
-INIT_FAILURE = b"[FATAL tini"  # docker-init could not exec the job's command
+INIT_FAILURE = (b"[FATAL tini", b"cbatch-keeper: exec")  # the job's command did not start
 STDOUT, STDERR = 1, 2
 
 

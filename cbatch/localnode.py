@@ -1,7 +1,7 @@
 """A worker node without Torque: a real cbatchd on a temporary socket and Torque home.
 
-Shared by `cbatch demo`, the tests and the benchmarks: it writes a policy, installs a
-copy of the starter job users can run, starts and stops the daemon, reads its JSON log
+Shared by `cbatch demo`, the tests and the benchmarks: it writes a policy, uses the
+installed starter, starts and stops the daemon, reads its JSON log
 records, and makes JobSpecs that cbatch.momsim launches as pbs_mom would.
 """
 
@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +25,12 @@ class LocalNode:
     def __init__(self, images: dict[str, str], default: str, extra: dict | None = None,
                  prefix: str = "cbatch-node-") -> None:
         self.root = Path(tempfile.mkdtemp(prefix=prefix))
-        os.chmod(self.root, 0o755)  # job users must reach the socket and the starter
+        os.chmod(self.root, 0o755)  # job users must reach the socket
         self.socket = self.root / "run" / "cbatchd.sock"
         self.torque_home = self.root / "torque"
         self.config_path = self.root / "cbatch.yaml"
         self.log_path = self.root / "cbatchd.log"
-        self.starter = str(momjob.install_starter(self.root / "starter"))
+        self.starter = str(momjob.installed_starter())  # as pbs_mom runs it
         settings: dict = {
             "socket": {"path": str(self.socket)},
             "torque": {"home": str(self.torque_home)},
@@ -55,7 +55,7 @@ class LocalNode:
         self.socket.unlink(missing_ok=True)
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cbatch.daemon", "--config", str(self.config_path)],
+                [installed("cbatchd"), "--config", str(self.config_path)],
                 stderr=log, stdout=log, start_new_session=True, env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout_s
         while not self.socket.exists():
@@ -99,3 +99,13 @@ class LocalNode:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def installed(program: str) -> str:
+    """The installed program (scripts/setup-node.sh puts cbatch's in /usr/local/bin)."""
+    path = Path(sysconfig.get_path("scripts")) / program
+    if not os.access(path, os.X_OK):
+        path = Path("/usr/local/bin") / program
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(f"{program} is not installed: run scripts/setup-node.sh")
+    return str(path)

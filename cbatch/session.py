@@ -18,7 +18,8 @@ from typing import Callable
 import structlog
 
 from cbatch import adminops as admin
-from cbatch import adopt, binds, cgroups, demux, directives, outputs, peer, policy, protocol
+from cbatch import adopt, binds, cgroups, demux, directives, keeper, outputs, peer, policy
+from cbatch import protocol
 from cbatch import reconcile, spec, storage, terminal, torque
 from cbatch.config import Config
 from cbatch.engine import Engine
@@ -28,6 +29,9 @@ from cbatch.errors import (EXIT_NODE_FAILURE, EXIT_REFUSED, AdminRefused, Cbatch
 from cbatch.relay import Relay
 
 RELAYED = frozenset(int(s) for s in protocol.RELAYED_SIGNALS)
+# After the job's end, how long an adopted container is kept for pbs_mom's last sample:
+# it takes it as it reaps the starter, then kills the adopted session itself.
+ACCOUNTING_HOLD_S = 10.0
 
 
 class Session:
@@ -49,6 +53,11 @@ class Session:
         self.init_failure: str | None = None
         self.terminal: terminal.Terminal | None = None  # an interactive job's
         self.engine_lost = False
+        self.exit_channel: keeper.ExitChannel | None = None
+        self.adoption: threading.Thread | None = None
+        self.starter_closed = threading.Event()  # the starter's end of the connection closed
+        self.container_done = threading.Event()  # Docker reported the container's end
+        self.status_source = "container"  # or "keeper": who told the job's end
 
     # -- entry point -------------------------------------------------------------------
     def run(self) -> None:
@@ -75,6 +84,7 @@ class Session:
             status = self._supervise()
             self.marks["exited"] = time.monotonic()
             self._finish(status, started)
+            self._hold_for_accounting()
         except CbatchError as exc:
             self._refuse(exc)
         except Exception:  # a bug: log it fully, tell the user an incident id
@@ -94,6 +104,8 @@ class Session:
             self._cleanup()
             if self.store is not None:  # after the container's removal: nothing holds it
                 self.store.remove()
+            if self.exit_channel is not None:
+                self.exit_channel.discard()
             self.conn.close()
 
     # -- steps -------------------------------------------------------------------------
@@ -152,9 +164,16 @@ class Session:
         self.engine = self.engine_factory()
         parent = (cgroups.torque_parent(job.job_id, self.engine.cgroup_driver())
                   if self.cfg.job_cgroup else None)
+        if not os.access(self.cfg.keeper, os.X_OK):
+            raise ContainerFailed(f"cbatch is not completely installed on {os.uname().nodename} "
+                                  f"({self.cfg.keeper} is missing); the job did not run; it "
+                                  "can be requeued; tell your admin", keeper=str(self.cfg.keeper))
+        self.exit_channel = keeper.ExitChannel(self.cfg.exit_dir, job.container_name)
+        self.exit_channel.create(job.uid, job.gid)
         extra = plan.binds + (self.store.binds if self.store else ())
         container = spec.build(job, decision, mounts.binds, plan.stdout, plan.stderr, extra,
-                               cgroup_parent=parent)
+                               cgroup_parent=parent,
+                               keeper=(self.cfg.keeper, self.exit_channel.path))
         self.engine.ensure_image(decision.image.ref, self.cfg.pull)
         self.marks["image"] = time.monotonic()
         self.container_id = self._create(container)
@@ -176,18 +195,24 @@ class Session:
         self.log.info("container_started", stdout=plan.stdout.mode, stderr=plan.stderr.mode,
                       cgroup_parent=parent)
         if parent is None and self.cfg.pbs_track is not None and self.cfg.pbs_track.exists():
-            threading.Thread(target=self._adopt, daemon=True, name="adopt").start()
+            self.adoption = threading.Thread(target=self._adopt, daemon=True, name="adopt")
+            self.adoption.start()
         self._attach = attach
 
     def _adopt(self) -> None:
-        """pbs_track -a the container's init, so Torque counts it and qdel reaches it."""
+        """pbs_track -a the container's session, so Torque counts it and qdel reaches it.
+
+        The keeper holds the container open until the job's end has been reported, so
+        its init is alive here however short the job.
+        """
         try:
             pid = int(self.engine.inspect(self.container_id)["State"]["Pid"])
-        except (CbatchError, KeyError, ValueError) as exc:
+        except (CbatchError, KeyError, ValueError, TypeError) as exc:
             self.log.warning("adopt_failed", reason=f"no init pid: {exc}")
             return
-        ok, said = adopt.adopt(self.cfg.pbs_track, self.job.job_id, pid)
+        ok, said = adopt.adopt(self.cfg.pbs_track, self.job, pid)
         if ok:
+            self.exit_channel.mark_adopted()
             self.log.info("job_adopted", init_pid=pid)
         else:
             self.log.warning("adopt_failed", init_pid=pid, reason=said)
@@ -227,6 +252,8 @@ class Session:
         self.container_id = existing["Id"]
         self.log = self.log.bind(container_id=self.container_id[:12],
                                  image=labels.get("cbatch.image"))
+        self.exit_channel = keeper.ExitChannel(self.cfg.exit_dir, job.container_name)
+        self.exit_channel.open()
         self.conn.settimeout(None)
         try:
             self._attach = self.engine.attach(self.container_id, stdout=True, stderr=True,
@@ -263,21 +290,65 @@ class Session:
         control = threading.Thread(target=self._control, daemon=True, name="control")
         control.start()
         status = self._wait()
-        pump.join(timeout=30)
+        if self.status_source == "keeper" and self.exit_channel.exec_error:
+            self.init_failure = (f"cannot execute the job's command "
+                                 f"({self.job.argv[0]}): {self.exit_channel.exec_error}")
+        if self.status_source != "keeper" or self._streams_output():
+            if self.status_source == "keeper":  # the stream ends with the container
+                self._end_container()
+            pump.join(timeout=30)
         self._attach.close()
         if self.terminal is not None:
             self.terminal.close()
         return status
 
+    def _streams_output(self) -> bool:
+        """Does job output flow through the attach stream (not straight into files)?"""
+        if self.plan is None or self.job.interactive:  # resumed, or a terminal
+            return True
+        return "stream" in (self.plan.stdout.mode, self.plan.stderr.mode)
+
+    def _end_container(self) -> None:
+        try:
+            self.engine.kill(self.container_id, signal.SIGKILL)
+        except CbatchError as exc:
+            self.log.warning("container_not_killed", **exc.log_fields())
+
     def _wait(self) -> int:
+        """The job's status: from the keeper the moment the job's shell ends, or else
+        from the container's own end."""
+        outcome: list = []
+
+        def container_end() -> None:
+            try:
+                outcome.append(self._container_wait())
+            except Exception as exc:  # noqa: BLE001 - handed to the session's thread
+                outcome.append(exc)
+            self.container_done.set()
+
+        threading.Thread(target=container_end, daemon=True, name="wait").start()
+        channel = self.exit_channel
+        while not self.container_done.is_set():
+            if channel is None or channel.fd is None:
+                self.container_done.wait(0.5)
+                continue
+            raw = channel.wait(timeout=0.5)
+            if raw is not None:
+                self.status_source = "keeper"
+                return keeper.container_status(raw)
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
+
+    def _container_wait(self) -> int:
         """The container's status, riding out a Docker outage of up to engine_retry_s."""
         deadline = None
         while True:
             try:
                 return self.engine.wait(self.container_id)
             except EngineError as exc:
-                if isinstance(exc, ContainerFailed):
-                    raise
+                if isinstance(exc, ContainerFailed) or self.status_source == "keeper":
+                    raise  # (once the keeper has told the end, the container is let go)
                 if deadline is None:
                     deadline = time.monotonic() + self.cfg.engine_retry_s
                     self.engine_lost = True
@@ -299,9 +370,15 @@ class Session:
                                                              128 + signal.SIGKILL):
             raise EngineError("the job was stopped by a restart of the container engine on "
                               "this node; it can be requeued", exit_code=status)
+        if self.adoption is not None:  # pbs_mom must know the container before the end
+            self.adoption.join(adopt.TIMEOUT_S + 1)
         # Docker flags OOMKilled when any process of the job was OOM-killed, even if the
         # job lived on: worth the one round trip, so the owner learns why.
-        state = self.engine.inspect(self.container_id).get("State", {})
+        try:
+            state = self.engine.inspect(self.container_id).get("State", {})
+        except CbatchError as exc:  # the job's end is known; only the OOM word is lost
+            self.log.warning("inspect_failed", **exc.log_fields())
+            state = {}
         message = None
         if state.get("OOMKilled"):
             limit = self.job.rlimits.get("rss", (-1, -1))[0]
@@ -318,8 +395,24 @@ class Session:
         self._send(protocol.KIND_EXIT, status=status, signal=signum, message=message)
         self.log.info("job_finished", exit_status=status, signal=signum,
                       oom_killed=bool(state.get("OOMKilled")),
-                      starter_gone=self.starter_gone.is_set(),
+                      starter_gone=self.starter_gone.is_set(), told_by=self.status_source,
                       duration_s=round(time.monotonic() - started, 3), phases_ms=self._phases())
+
+    def _hold_for_accounting(self) -> None:
+        """Keep an adopted container's keeper alive until pbs_mom has counted it.
+
+        pbs_mom samples the job's sessions once more as it reaps the starter, then kills
+        what it adopted: so wait for the starter to close, then for the container to end,
+        each bounded. Without adoption nothing else counts it: it is removed at once.
+        """
+        if (self.status_source != "keeper" or self.container_done.is_set()
+                or not self.exit_channel.adopted):
+            return
+        began = time.monotonic()
+        self.starter_closed.wait(ACCOUNTING_HOLD_S)
+        ended = self.container_done.wait(ACCOUNTING_HOLD_S)
+        self.log.info("accounting_hold", ended_by_pbs_mom=ended,
+                      held_ms=round((time.monotonic() - began) * 1000, 1))
 
     def _phases(self) -> dict[str, float]:
         """Milliseconds between the session's steps, for the log and the benchmarks."""
@@ -381,6 +474,7 @@ class Session:
                 self.terminal.type(payload)
             elif kind == protocol.KIND_RESIZE and self.terminal is not None:
                 self.terminal.resize(header.get("winsize"))
+        self.starter_closed.set()
         if self.done.is_set():
             return
         self.starter_gone.set()

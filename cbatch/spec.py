@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cbatch
 from cbatch.binds import Bind
+from cbatch.keeper import EXIT_PATH, KEEPER_PATH
 from cbatch.policy import Decision
 from cbatch.torque import Job
 
@@ -108,13 +109,24 @@ def _redirect(fd: int, out: Output) -> str:
 
 def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output = STREAM,
           stderr: Output = STREAM, extra_binds: tuple[Bind, ...] = (),
-          cgroup_parent: str | None = None) -> ContainerSpec:
+          cgroup_parent: str | None = None, keeper: tuple[Path, Path] | None = None
+          ) -> ContainerSpec:
+    """The container for a job. `keeper` is (the cbatch-keeper binary, the job's exit
+    FIFO) on the host: the keeper then runs the job's command and reports its end."""
     # BASH_ENV is handed over by the prologue (see command), so the prologue's own bash
     # does not source it: natively the login shell never reads it
     env = {k: v for k, v in job.env.items() if k not in decision.drop_env and k != "BASH_ENV"}
     mounts = [{"Type": "bind", "Source": str(b.source), "Target": str(b.target),
                "ReadOnly": b.read_only, "BindOptions": {"Propagation": "rprivate"}}
               for b in (*binds, *extra_binds)]
+    entrypoint = command(job, stdout, stderr)
+    if keeper is not None:
+        binary, fifo = keeper
+        mounts += [{"Type": "bind", "Source": str(binary), "Target": str(KEEPER_PATH),
+                    "ReadOnly": True, "BindOptions": {"Propagation": "rprivate"}},
+                   {"Type": "bind", "Source": str(fifo), "Target": str(EXIT_PATH),
+                    "ReadOnly": False, "BindOptions": {"Propagation": "rprivate"}}]
+        entrypoint = [str(KEEPER_PATH), str(EXIT_PATH), *entrypoint]
     ulimits = [{"Name": name, "Soft": soft, "Hard": hard}
                for name, (soft, hard) in sorted(job.rlimits.items())]
     host_config: dict = {
@@ -143,7 +155,7 @@ def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output 
     job_labels = labels(job, decision.image.alias)
     create = {
         "image": decision.image.ref,
-        "entrypoint": command(job, stdout, stderr),  # the image's ENTRYPOINT is ignored
+        "entrypoint": entrypoint,  # the image's ENTRYPOINT is ignored
         "user": f"{job.uid}:{job.gid}",
         "environment": env,
         "working_dir": str(job.cwd),

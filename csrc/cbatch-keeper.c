@@ -4,7 +4,8 @@
  *   cbatch-keeper EXIT_FIFO COMMAND [ARG]...
  *
  * Runs COMMAND as its child with default signal dispositions and an empty signal mask,
- * waits for it, and writes the child's raw wait status as one decimal line to EXIT_FIFO,
+ * waits for it, and writes the child's raw wait status as one decimal line to EXIT_FIFO
+ * (preceded by "E <errno>" when COMMAND could not be executed),
  * which cbatchd reads on the host. It then stays alive, holding the job's CPU time in its
  * children's times (cutime/cstime), until it is killed: pbs_mom samples an adopted
  * container's processes once more when the starter exits, and this is what it counts.
@@ -58,7 +59,10 @@ int main(int argc, char **argv) {
     if (child == 0) {
         default_signals();
         execvp(argv[2], argv + 2);
-        fprintf(stderr, "cbatch-keeper: exec %s failed: %s\n", argv[2], strerror(errno));
+        int err = errno;
+        if (fifo >= 0)
+            dprintf(fifo, "E %d\n", err); /* told before the status: no race with stderr */
+        fprintf(stderr, "cbatch-keeper: exec %s failed: %s\n", argv[2], strerror(err));
         _exit(127);
     }
     int status;

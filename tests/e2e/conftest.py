@@ -16,7 +16,9 @@ from cbatch import momjob, momsim
 from tests.harness import images, users
 from tests.harness.daemon import DaemonUnderTest
 
-USER, GROUP = "cbtest1", "cbtestg2"
+# overridable, so two test runs on one machine do not remove each other's user
+USER = os.environ.get("CBATCH_TEST_USER", "cbtest1")
+GROUP = os.environ.get("CBATCH_TEST_GROUP", "cbtestg2")
 _ids = itertools.count(1)
 
 

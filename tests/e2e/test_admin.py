@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import make_daemon
+from tests.e2e.conftest import USER, make_daemon
 
 pytestmark = [pytest.mark.docker, pytest.mark.harness]
 SAMPLE = Path(__file__).parents[2] / "etc" / "cbatch.yaml"
@@ -37,8 +37,8 @@ def test_demo_runs_a_job_through_starter_daemon_and_docker(test_user, api):
         api.remove_image("cbatch-demo:latest", force=True)
     assert result.returncode == 0, result.stderr
     assert "hello from job 1.demo" in result.stdout
-    assert f"user: uid={test_user.pw_uid}(cbtest1)" in result.stdout
-    assert "cwd:  /home/cbtest1   umask: 0077   args: first second" in result.stdout
+    assert f"user: uid={test_user.pw_uid}({USER})" in result.stdout
+    assert f"cwd:  /home/{USER}   umask: 0077   args: first second" in result.stdout
     assert "exit_status=3" in result.stdout
 
 
@@ -85,7 +85,7 @@ def test_ps_and_kill_through_the_daemon_for_root(submit, daemon):
     listing = cbatch("--config", str(daemon.config_path), "ps")
     assert listing.returncode == 0, listing.stderr
     line = next(line for line in listing.stdout.splitlines() if line.startswith(job.spec.job_id))
-    assert "cbtest1" in line and "alpha" in line and "running" in line
+    assert USER in line and "alpha" in line and "running" in line
     killed = cbatch("--config", str(daemon.config_path), "kill", job.spec.job_id, "--signal", "TERM")
     assert killed.returncode == 0 and "sent SIGTERM to 1 container" in killed.stdout
     assert job.wait(30) == 143  # the job's shell died of a TERM that pbs_mom did not send
@@ -97,7 +97,7 @@ def test_admin_operations_are_refused_to_job_users(daemon, test_user):
             "print(protocol.recv(s)[0])")
     result = subprocess.run(["setpriv", f"--reuid={test_user.pw_uid}", f"--regid={test_user.pw_gid}",
                              "--init-groups", "/usr/bin/python3", "-c", code], capture_output=True,
-                            text=True, cwd=str(daemon.root / "starter"), timeout=30)
+                            text=True, cwd="/", timeout=30)
     assert "admin operations are for root and the admin group only" in result.stdout, result.stderr
     record = daemon.wait_for_event("job_refused", error="AdminRefused", uid=test_user.pw_uid)
     assert record["op"] == "ps"

@@ -107,7 +107,7 @@ def test_periodic_sweep_removes_orphans_while_the_daemon_runs(image_ids, site_di
     try:
         hc = api.create_host_config(init=True)
         orphan = api.create_container(image_ids["alpha"], "/bin/sleep 60", host_config=hc, labels={
-            "cbatch": "1", "cbatch.job_id": "orphan.vm", "cbatch.user": "cbtest1",
+            "cbatch": "1", "cbatch.job_id": "orphan.vm", "cbatch.user": USER,
             "cbatch.starter_pid": "999999999", "cbatch.starter_start": "5"})["Id"]
         api.start(orphan)
         record = d.wait_for_event("orphan_removed", job_id="orphan.vm", timeout=20)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import make_daemon
+from tests.e2e.conftest import USER, make_daemon
 from tests.harness.dockerproxy import DockerProxy
 
 pytestmark = [pytest.mark.docker, pytest.mark.harness]
@@ -37,7 +37,7 @@ def test_docker_down_at_job_start_never_runs_the_job_and_the_next_job_runs(proxi
     assert result.err == ("cbatch: the container engine on this node is not reachable; the job "
                           "can be requeued elsewhere\n")
     record = d.wait_for_event("job_failed", job_id=result.job.spec.job_id)
-    assert record["error"] == "EngineUnavailable" and record["user"] == "cbtest1"
+    assert record["error"] == "EngineUnavailable" and record["user"] == USER
     proxy.restore()
     assert run("#!/bin/bash\necho back\n", d=d).out == "back\n"
     assert d.proc.poll() is None
@@ -69,7 +69,7 @@ def test_docker_gone_for_good_ends_the_job_node_side_and_cleanup_removes_it(prox
     assert api.containers(all=True, filters=label)  # Docker itself never went away here
     cleanup = subprocess.run([sys.executable, "-m", "cbatch.admin", "cleanup"],
                              capture_output=True, text=True, timeout=60)
-    assert f"job {job.spec.job_id} user cbtest1: starter gone" in cleanup.stdout, cleanup.stderr
+    assert f"job {job.spec.job_id} user {USER}: starter gone" in cleanup.stdout, cleanup.stderr
     assert not api.containers(all=True, filters=label)
 
 

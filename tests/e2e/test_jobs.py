@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from tests.e2e.conftest import GROUP, USER
+
 pytestmark = [pytest.mark.docker, pytest.mark.harness]
 
 
@@ -45,7 +47,7 @@ def test_refused_image_prints_one_cbatch_line_and_runs_nothing(run, daemon):
     assert '"gamma"' in result.err and "alpha, beta" in result.err and "line 2" in result.err
     assert result.status == 126
     record = daemon.wait_for_event("job_refused", job_id=result.job.spec.job_id)
-    assert record["user"] == "cbtest1" and record["error"] == "PolicyDenied"
+    assert record["user"] == USER and record["error"] == "PolicyDenied"
 
 
 def test_bad_directive_names_its_line(run):
@@ -58,10 +60,10 @@ def test_bad_directive_names_its_line(run):
 def test_job_runs_as_its_user_with_all_groups_and_host_names(run, test_user):
     result = run("#!/bin/bash\nid -u; id -g; id -G; whoami; id -gn; ls -ld ~ | sed 's/ .*//'\n")
     uid, gid, groups, name, group_name, _ = result.out.split("\n", 5)
-    extra = grp.getgrnam("cbtestg2").gr_gid
+    extra = grp.getgrnam(GROUP).gr_gid
     assert (int(uid), int(gid)) == (test_user.pw_uid, test_user.pw_gid)
     assert {int(g) for g in groups.split()} == {test_user.pw_gid, extra}
-    assert (name, group_name) == ("cbtest1", "cbtest1")
+    assert (name, group_name) == (USER, USER)
 
 
 def test_login_shell_as_pbs_mom_runs_it_without_a_starter(run):
@@ -77,7 +79,7 @@ def test_environment_cwd_umask_and_arguments_are_the_jobs(run):
     script = "#!/bin/bash\necho $PBS_JOBID $PBS_ENVIRONMENT $USER $HOME\npwd\numask\necho \"[$1] [$2]\"\n"
     result = run(script, submit_args='a1 "b 2"', initdir="/tmp")
     ids, cwd, umask, args, _ = result.out.split("\n")
-    assert ids == f"{result.job.spec.job_id} PBS_BATCH cbtest1 /home/cbtest1"
+    assert ids == f"{result.job.spec.job_id} PBS_BATCH {USER} /home/{USER}"
     assert (cwd, umask, args) == ("/tmp", "0077", "[a1] [b 2]")
 
 

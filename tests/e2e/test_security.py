@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cbatch import protocol
-from tests.e2e.conftest import make_daemon
+from tests.e2e.conftest import GROUP, make_daemon
 
 pytestmark = [pytest.mark.docker, pytest.mark.harness]
 
@@ -120,8 +120,7 @@ def test_daemon_serves_a_real_job_after_the_fuzzing(fuzz_daemon, run, api):
 
 FORGER = """#!/usr/bin/python3 -I
 import os, sys
-sys.path.insert(0, {folder!r})
-from cbatch import protocol
+from cbatch import protocol  # the installed package
 import signal
 import socket
 sock = socket.socket(socket.AF_UNIX)
@@ -139,7 +138,7 @@ while True:
 
 def test_identity_and_options_claimed_by_the_request_are_ignored(daemon, run, test_user):
     forger = daemon.root / "forger"
-    forger.write_text(FORGER.format(folder=str(daemon.root / "starter")))
+    forger.write_text(FORGER)
     os.chmod(forger, 0o755)
     result = run("#!/bin/bash\nid -u\ncat /etc/os-release | head -1\ntest -e /etc/shadow || echo no-shadow\n",
                  starter=str(forger))
@@ -149,12 +148,12 @@ def test_identity_and_options_claimed_by_the_request_are_ignored(daemon, run, te
 def test_socket_has_the_configured_mode_and_group(image_ids, site_dirs, test_user):
     import grp
     import stat
-    d = make_daemon(image_ids, site_dirs, socket={"mode": "0660", "group": "cbtestg2"})
+    d = make_daemon(image_ids, site_dirs, socket={"mode": "0660", "group": GROUP})
     d.start()
     try:
         st = os.stat(d.socket)
         assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
-        assert (st.st_uid, st.st_gid) == (0, grp.getgrnam("cbtestg2").gr_gid)
+        assert (st.st_uid, st.st_gid) == (0, grp.getgrnam(GROUP).gr_gid)
     finally:
         d.cleanup()
 
