@@ -1,8 +1,8 @@
 """Drive jobs launched by cbatch.momsim from a test, the demo or a benchmark.
 
 MomJob starts `python -m cbatch.momsim` (which plays pbs_mom), sends it qdel/qsig
-commands and reads Torque's exit_status and the job's output files. install_starter puts
-a copy of cbatch-starter where job users can run it.
+commands and reads Torque's exit_status and the job's output files. installed_starter finds
+the cbatch-starter that pbs_mom would run.
 """
 
 from __future__ import annotations
@@ -13,34 +13,25 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
 
 from cbatch.momsim import JobSpec, stage
 
-STARTER_MODULES = ("__init__.py", "protocol.py", "starter.py")
+STARTER = "cbatch-starter"
 
 
-def install_starter(folder: Path) -> Path:
-    """A world-readable copy of cbatch-starter and the only modules it may import.
+def installed_starter() -> Path:
+    """The installed cbatch-starter (a static executable every job user can run).
 
-    Job users cannot read a Python installed under /root (pyenv, venvs); a node install
-    puts the starter in a system path. The copy runs with the system python3 in isolated
-    mode, as bin/cbatch-starter does, and proves the starter needs nothing else.
+    Looked up beside this Python's console scripts (the install's own), then on PATH.
     """
-    package = folder / "cbatch"
-    package.mkdir(parents=True, exist_ok=True)
-    source = Path(__file__).parent
-    for name in STARTER_MODULES:
-        shutil.copy(source / name, package / name)
-    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    starter = folder / "cbatch-starter"
-    starter.write_text(f"#!{python} -I\nimport sys\nsys.path.insert(0, {str(folder)!r})\n"
-                       "from cbatch.starter import main\nmain()\n")
-    for path in (folder, package, *package.iterdir(), starter):
-        os.chmod(path, 0o755 if path.is_dir() or path == starter else 0o644)
-    return starter
+    for candidate in (Path(sysconfig.get_path("scripts")) / STARTER, shutil.which(STARTER)):
+        if candidate and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    raise FileNotFoundError(f"{STARTER} is not installed; run scripts/setup-node.sh")
 
 
 class MomJob:

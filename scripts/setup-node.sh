@@ -28,6 +28,7 @@ if ! docker info >/dev/null 2>&1; then
 fi
 # Debian's python3 refuses pip installs into /usr/local (PEP 668) unless told so; the
 # build compiles the static cbatch-starter and cbatch-keeper from csrc/.
+rm -rf build  # setuptools never prunes build/lib: deleted modules would ship again
 "$PY" -m pip install --quiet --disable-pip-version-check --break-system-packages \
     --no-warn-script-location --root-user-action=ignore --upgrade '.[test]'
 for prog in cbatch-starter cbatch-keeper cbatchd cbatch; do
