@@ -40,6 +40,7 @@ import sys
 import termios
 import threading
 import time
+import xml.sax.saxutils
 from pathlib import Path
 
 PBS_ENVIRONMENT = {"PATH": "/bin:/usr/bin", "LANG": "C.UTF-8"}
@@ -87,7 +88,8 @@ def paths(spec: JobSpec) -> dict[str, Path]:
     err = out_dir / (f"{spec.job_name}.e{seq}" if spec.keep else f"{spec.prefix}.ER")
     return {"script": home / "mom_priv" / "jobs" / f"{spec.prefix}.SC",
             "nodefile": home / "aux" / spec.job_id, "out": out, "err": err if not spec.join else out,
-            "tmpdir": Path("/tmp/pbstmp") / spec.job_id}  # as $tmpdir /tmp/pbstmp
+            "tmpdir": Path("/tmp/pbstmp") / spec.job_id,  # as $tmpdir /tmp/pbstmp
+            "record": home / "mom_priv" / "jobs" / f"{spec.prefix}.JB"}
 
 
 def stage(spec: JobSpec) -> dict[str, Path]:
@@ -104,11 +106,30 @@ def stage(spec: JobSpec) -> dict[str, Path]:
         os.chmod(p["script"], 0o700)
         os.chown(p["script"], entry.pw_uid, entry.pw_gid)
     p["nodefile"].write_text("".join(f"{os.uname().nodename}\n" for _ in range(spec.ppn)))
+    p["record"].write_text(_record(spec))  # mom_priv/jobs/<prefix>.JB, root's, 0600
+    os.chmod(p["record"], 0o600)
     if spec.tmpdir:
         p["tmpdir"].parent.mkdir(mode=0o1777, exist_ok=True)
         p["tmpdir"].mkdir(mode=0o755, exist_ok=True)
         os.chown(p["tmpdir"], entry.pw_uid, entry.pw_gid)
     return p
+
+
+def _record(spec: JobSpec) -> str:
+    """pbs_mom's record of the running job, as Torque 6 writes it (saveJobToXML), cut to
+    what cbatch reads and a little context."""
+    node, e = os.uname().nodename, xml.sax.saxutils.escape
+    attributes = {"Job_Name": spec.job_name, "Job_Owner": f"{spec.user}@{node}",
+                  "job_state": "R", "queue": spec.queue,
+                  "exec_host": f"{node}/0-{spec.ppn - 1}" if spec.ppn > 1 else f"{node}/0",
+                  "euser": spec.user}
+    lines = [f"    <{k} flags=\"1\">{e(v)}</{k}>" for k, v in attributes.items()]
+    lines.insert(4, f"    <Resource_List>\n      <nodes flags=\"1\">1:ppn={spec.ppn}</nodes>\n"
+                    "    </Resource_List>")
+    return (f"<?xml version=\"1.0\"?>\n<job>\n  <version>131842</version>\n  <state>4</state>\n"
+            f"  <substate>42</substate>\n  <jobid>{e(spec.job_id)}</jobid>\n"
+            f"  <fileprefix>{e(spec.prefix)}</fileprefix>\n  <queue/>\n  <attributes>\n"
+            + "\n".join(lines) + "\n  </attributes>\n</job>\n")
 
 
 def environment(spec: JobSpec) -> dict[str, str]:

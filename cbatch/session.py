@@ -146,6 +146,8 @@ class Session:
         job = torque.verify(self.cfg, who, header["argv"], payload, tty=bool(header.get("tty")))
         self.job = job
         self.log = self.log.bind(job_id=job.job_id, task=job.task, user=job.user)
+        if job.record_problem:  # policy goes on with no queue and one slot
+            self.log.warning("job_record_unused", reason=job.record_problem)
         return job
 
     def _launch(self, job: torque.Job, fds: list[int]) -> None:

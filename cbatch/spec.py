@@ -144,7 +144,7 @@ def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output 
         "ulimits": ulimits,
         # never through Docker's log store: output goes to the job's own files
         "log_config": {"Type": "none", "Config": {}},
-        "cpu_shares": 1024 * _ppn(job.env),
+        "cpu_shares": 1024 * job.slots,  # Torque's slots, never the job's PBS_NUM_PPN
     }
     if cgroup_parent:
         host_config["cgroup_parent"] = cgroup_parent
@@ -169,7 +169,3 @@ def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output 
     return ContainerSpec(name=job.container_name, create=create, host_config=host_config,
                          labels=job_labels)
 
-
-def _ppn(env: dict[str, str]) -> int:
-    value = env.get("PBS_NUM_PPN", "1")
-    return max(1, min(int(value), 1024)) if value.isdigit() else 1

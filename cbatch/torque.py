@@ -1,7 +1,8 @@
 """Prove that a peer is a running Torque job of its uid, and collect what the job is.
 
 Everything comes from the kernel (/proc) and Torque's own files, never from the request:
-the request only contributes the shell argv and the stdin bytes pbs_mom wrote.
+the request only contributes the shell argv and the stdin bytes pbs_mom wrote. What policy
+decides on (queue, slots) comes from pbs_mom's record of the job, not its environment.
 Paths are injectable so tests can use temporary directories.
 """
 
@@ -15,6 +16,7 @@ import stat as stat_
 from pathlib import Path
 
 from cbatch import peer as peer_
+from cbatch import torque_records
 from cbatch.config import Config
 from cbatch.errors import NotATorqueJob, PolicyDenied
 
@@ -52,10 +54,12 @@ class Job:
     stdin: bytes  # what pbs_mom wrote on the starter's stdin
     script: Path | None  # mom_priv/jobs/<prefix>.SC; an interactive job may have none
     script_text: str
-    queue: str
+    queue: str  # from pbs_mom's record (torque_records); "" when unknown
     rlimits: dict[str, tuple[int, int]]  # docker ulimit name -> (soft, hard); -1 = unlimited
     peer: peer_.Peer
     interactive: bool = False  # qsub -I: the starter's fds 0-2 are the job's terminal
+    slots: int = 1  # processors Torque gave the job on this node (pbs_mom's record)
+    record_problem: str | None = None  # why pbs_mom's record gave no queue or slots
 
     @property
     def container_name(self) -> str:
@@ -89,7 +93,7 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
                 "admin to remove $job_starter_run_privileged" if peer.uid == 0 else "")
         raise PolicyDenied(f"jobs of uid {peer.uid} may not run in containers on this node "
                            f"(site policy: uid {cfg.min_uid} and above); submit as a regular "
-                           f"user{hint}")
+                           f"user{hint}", claimed_job_id=_claimed_job_id(peer.pid, proc))
     try:
         st = peer_.stat(peer.pid, proc)
         interactive = st.session != peer.pid
@@ -122,6 +126,8 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
     else:
         script = _script_path(cfg, stdin, job_id, task)
     text = _read_script(script, peer.uid) if script is not None else ""
+    prefix = script.name[:-3] if script else prefix_of(job_id)
+    record = torque_records.read(jobs_dir(cfg.torque_home), prefix, job_id)
     try:
         entry = pwd.getpwuid(peer.uid)
     except KeyError:
@@ -129,11 +135,22 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
     if not peer_.is_alive(peer.pid, peer.start_ticks, proc):
         raise NotATorqueJob("the job's starter process ended while cbatch checked it")
     return Job(
-        job_id=job_id, prefix=script.name[:-3] if script else prefix_of(job_id), task=task,
+        job_id=job_id, prefix=prefix, task=task,
         user=entry.pw_name, uid=peer.uid, gid=peer.gid, groups=peer.groups,
         home=Path(entry.pw_dir), cwd=cwd, umask=umask, env=env, argv=tuple(argv), stdin=stdin, script=script, script_text=text,
-        queue=env.get("PBS_QUEUE", ""), rlimits=_parse_limits(limits_text), peer=peer,
-        interactive=interactive)
+        queue=record.queue, rlimits=_parse_limits(limits_text), peer=peer,
+        interactive=interactive, slots=record.slots, record_problem=record.problem)
+
+
+def _claimed_job_id(pid: int, proc: Path) -> str | None:
+    """PBS_JOBID as the process's environment claims it: for the refusal's log record only,
+    since a refused peer is never proven to be that job."""
+    try:
+        env = _parse_environ(_read_limited(proc / str(pid) / "environ", MAX_ENVIRON_BYTES))
+    except OSError:
+        return None
+    claimed = env.get("PBS_JOBID", "")
+    return claimed[:100] if _JOB_ID.match(claimed) else None
 
 
 def _interactive_mom(pid: int, st: peer_.ProcStat, proc: Path) -> int:

@@ -86,10 +86,11 @@ def test_tm_task_runs_its_argv_without_a_shell():
                    "/bin/sh", "-c", "echo hi"]
 
 
-def test_memory_rlimit_becomes_a_hard_limit_and_ppn_the_cpu_share():
+def test_memory_rlimit_becomes_a_hard_limit_and_torques_slots_the_cpu_share():
     hc = build().host_config
     assert hc["mem_limit"] == 2 * 2**30 == hc["memswap_limit"]
-    assert hc["cpu_shares"] == 4096
+    assert hc["cpu_shares"] == 1024  # the factory's job: PBS_NUM_PPN=4 claimed, 1 slot given
+    assert build(make_job(slots=4)).host_config["cpu_shares"] == 4096
     assert {"Name": "nofile", "Soft": 1024, "Hard": 4096} in hc["ulimits"]
     off = build(decision=make_decision(container={"memory_from_rlimit": False})).host_config
     assert "mem_limit" not in off

@@ -1,0 +1,89 @@
+"""What Torque itself recorded about a job: its queue and its slots on this node.
+
+pbs_mom keeps each job as XML in mom_priv/jobs/<prefix>.JB (Torque 6's saveJobToXML),
+root-owned and 0600. Policy decides on these, never on the job's environment, which its
+owner can set (qsub -v PBS_QUEUE=..., PBS_NUM_PPN=...). What cannot be read safely falls
+back to what grants least: no queue (only rules for every queue apply) and one slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import stat
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+MAX_BYTES = 4 * 1024 * 1024  # a job's record is a few kB; Variable_List can make it more
+MAX_SLOTS = 1024
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")  # one exec_host index or range: 3, 0-7
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    queue: str  # "" when unknown
+    slots: int  # processors given on this node (exec_host); 1 when unknown
+    problem: str | None = None  # why the record was not used, for the daemon's log
+
+
+def read(jobs_dir: Path, prefix: str, job_id: str, node: str | None = None) -> Record:
+    """The job's queue and slot count from pbs_mom's record of it."""
+    path = jobs_dir / f"{prefix}.JB"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return Record("", 1, f"cannot open {path.name}: {exc.strerror}")
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            return Record("", 1, f"{path.name} is not a regular file only root may write")
+        data = f.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        return Record("", 1, f"{path.name} is larger than {MAX_BYTES} bytes")
+    return parse(data, job_id, node or os.uname().nodename)
+
+
+def parse(data: bytes, job_id: str, node: str) -> Record:
+    """Record from a .JB file's bytes; the file must be this job's."""
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:  # pbs_mom never writes either
+        return Record("", 1, "the job record declares a DTD")
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        return Record("", 1, f"the job record is not XML: {exc}")
+    if root.tag != "job" or (root.findtext("jobid") or "") != job_id:
+        return Record("", 1, "the job record is not this job's")
+    attributes = root.find("attributes")
+    if attributes is None:
+        return Record("", 1, "the job record has no attributes")
+    # the queue attribute is what pbs_mom puts in PBS_QUEUE
+    queue = (attributes.findtext("queue") or "").strip()
+    slots = slots_on(attributes.findtext("exec_host") or "", node)
+    problem = None if slots else "the job record's exec_host names no slots on this node"
+    return Record(queue, min(slots, MAX_SLOTS) or 1, problem)
+
+
+def slots_on(exec_host: str, node: str) -> int:
+    """Slots exec_host gives this node: "vm/0-1+n2/0,3" -> 2 on vm; 0 if none or malformed.
+
+    A job on one host is on this node whatever the host is called (pbs_mom's name for
+    itself may differ from uname's); otherwise the host must match, short names compared.
+    """
+    counts: dict[str, int] = {}
+    for entry in exec_host.strip().split("+") if exec_host.strip() else []:
+        host, sep, indexes = entry.partition("/")
+        if not sep or not host:
+            return 0
+        for part in indexes.split(","):
+            match = _RANGE.match(part)
+            if not match:
+                return 0
+            first, last = int(match[1]), int(match[2] or match[1])
+            if last < first:
+                return 0
+            counts[host] = counts.get(host, 0) + last - first + 1
+    if len(counts) == 1:
+        return next(iter(counts.values()))
+    short = node.split(".")[0]
+    return sum(n for host, n in counts.items() if host.split(".")[0] == short)
