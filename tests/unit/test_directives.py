@@ -28,3 +28,17 @@ def test_errors_name_the_line(text, message):
         directives.parse(text)
     assert message in str(info.value)
     assert str(info.value).startswith("bad #CBATCH directive on line")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("#CBATCH image=" + "a" * 100_000 + "\n", "line 1 of the job script: the line is longer than "
+                                             "1024 characters"),
+    ("#CBATCH image=" + "a" * 129 + "\n", "the value of image is longer than 128 characters"),
+    ("#CBATCH image=" + "/" * 100 + "\n", "bad value for image: '" + "/" * 40 + "'..."),
+    ("#CBATCH " + "x" * 500 + "\n", "expected key=value, got '" + "x" * 40 + "'..."),
+    ("#CBATCH " + "k" * 500 + "=1\n", "unknown key '" + "k" * 40 + "'...; known keys: image"),
+])
+def test_long_directives_are_refused_and_never_echoed_whole(text, message):
+    with pytest.raises(DirectiveError) as info:
+        directives.parse(text)
+    assert str(info.value).endswith(message) and len(str(info.value)) < 200

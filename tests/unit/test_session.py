@@ -136,3 +136,18 @@ def test_resume_before_the_container_was_made_says_the_job_did_not_run(mocker, t
                       "cbatchd restarted before the job's container was made; the job did not "
                       "run; it can be requeued"}
     assert next(r for r in logs if r["event"] == "job_failed")["job_id"] == "12.vm"
+
+
+def test_a_version_of_the_wrong_type_is_named_as_such(tmp_path):
+    cfg = config.parse({"images": {"default": "el9", "aliases": {"el9": {"ref": DIGEST}}}})
+    daemon_end, starter_end = socket.socketpair()
+    protocol.send(starter_end, protocol.KIND_REQUEST, b"x\n", v="1", argv=["/bin/bash"],
+                  tty=False)
+    with capture_logs() as logs:
+        session.Session(daemon_end, cfg).run()
+    header, _ = protocol.recv(starter_end)
+    starter_end.close()
+    assert header["message"] == ("the request's protocol version is not a number; "
+                                 "cbatch-starter and cbatchd do not match: ask your admin "
+                                 "to install matching versions")
+    assert next(r for r in logs if r["event"] == "job_failed")["error"] == "ProtocolError"
