@@ -60,7 +60,7 @@ class Config:
     admin_group: str | None = None
     request_timeout_s: float = 10.0
     max_connections_per_user: int = 512
-    max_connections: int = 2048  # overall; must fit RLIMIT_NOFILE (nofile.py)
+    max_connections: int = 1024  # overall; must fit RLIMIT_NOFILE (nofile.py)
     torque_home: Path = Path("/var/spool/torque")
     require_pbs_mom_parent: bool = True
     job_cgroup: bool = True  # put containers under Torque's torque/<job id> cgroup if present

@@ -132,8 +132,8 @@ def test_a_connection_bound_beyond_the_hard_fd_limit_refuses_to_start(image_ids,
         assert proc.returncode == 1
         assert proc.stderr.splitlines()[-1] == (
             "cbatchd: configuration error at socket.max_connections: 4096 connections need "
-            "32832 open files (8 each and 64 spare) but cbatchd may open only 1024 "
-            "(RLIMIT_NOFILE); set socket.max_connections to at most 120, or raise "
+            "49216 open files (12 each and 64 spare) but cbatchd may open only 1024 "
+            "(RLIMIT_NOFILE); set socket.max_connections to at most 80, or raise "
             "LimitNOFILE= in cbatchd.service")
         assert not d.socket.exists()
     finally:

@@ -49,6 +49,8 @@ def test_minimal_config_takes_defaults(tmp_path):
     ("container:\n  tmp_size: 512k\n", "container.tmp_size (line 2)", "must be at least 1m"),
     ("container:\n  tmp_size: yes\n", "container.tmp_size (line 2)", "must be a size like 1g"),
     ("container:\n  read_only_root: no way\n", "container.read_only_root (line 2)", "must be bool"),
+    ("socket:\n  max_connections: 100\n  max_connections_per_user: 200\n",
+     "socket.max_connections (line 2)", "must be between max_connections_per_user and"),
 ])
 def test_errors_name_key_path_and_line(tmp_path, text, where, problem):
     with pytest.raises(ConfigError) as info:
