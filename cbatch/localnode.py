@@ -31,9 +31,13 @@ class LocalNode:
         self.config_path = self.root / "cbatch.yaml"
         self.log_path = self.root / "cbatchd.log"
         self.starter = str(momjob.installed_starter())  # as pbs_mom runs it
+        pbs_track = self.root / "pbs_track"  # behaves as Torque's (momsim.pbs_track)
+        pbs_track.write_text(f"#!/bin/sh\nexec /usr/bin/python3 -I -m cbatch.momsim pbs_track "
+                             f"{self.torque_home} \"$@\"\n")
+        os.chmod(pbs_track, 0o755)
         settings: dict = {
             "socket": {"path": str(self.socket)},
-            "torque": {"home": str(self.torque_home)},
+            "torque": {"home": str(self.torque_home), "pbs_track": str(pbs_track)},
             "images": {"default": default,
                        "aliases": {alias: {"ref": ref} for alias, ref in images.items()}},
             "logging": {"format": "json"},

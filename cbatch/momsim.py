@@ -97,7 +97,7 @@ def stage(spec: JobSpec) -> dict[str, Path]:
     entry = pwd.getpwnam(spec.user)
     home = Path(spec.torque_home)
     for folder, mode in (("mom_priv", 0o751), ("mom_priv/jobs", 0o751), ("spool", 0o1777),
-                         ("aux", 0o755), ("tmp", 0o1777)):
+                         ("aux", 0o755), ("tmp", 0o1777), (ADOPTED, 0o1733)):
         (home / folder).mkdir(parents=True, exist_ok=True)
         os.chmod(home / folder, mode)
     p = paths(spec)
@@ -106,8 +106,8 @@ def stage(spec: JobSpec) -> dict[str, Path]:
         os.chmod(p["script"], 0o700)
         os.chown(p["script"], entry.pw_uid, entry.pw_gid)
     p["nodefile"].write_text("".join(f"{os.uname().nodename}\n" for _ in range(spec.ppn)))
-    p["record"].write_text(_record(spec))  # mom_priv/jobs/<prefix>.JB, root's, 0600
-    os.chmod(p["record"], 0o600)
+    p["record"].write_text(_record(spec))  # mom_priv/jobs/<prefix>.JB, root's, 0644
+    os.chmod(p["record"], 0o644)
     if spec.tmpdir:
         p["tmpdir"].parent.mkdir(mode=0o1777, exist_ok=True)
         p["tmpdir"].mkdir(mode=0o755, exist_ok=True)
@@ -282,8 +282,11 @@ def run(spec: JobSpec) -> tuple[int, float]:
     job = _start(spec)
     print(json.dumps({"starter_pid": job.starter}), flush=True)
     overlimit = threading.Event()
-    threading.Thread(target=_commands, args=(job, paths(spec), overlimit), daemon=True).start()
+    threading.Thread(target=_commands, args=(job, spec, paths(spec), overlimit),
+                     daemon=True).start()
     status, starter_s = _reap(job)
+    for sid in adopted_sessions(spec):  # the job is over: what it adopted goes with it
+        kill_session(sid, signal.SIGKILL)
     if overlimit.is_set():
         return -11, starter_s  # JOB_EXEC_OVERLIMIT_WT: pbs_mom's code wins over the starter's
     return status, starter_s
@@ -397,8 +400,12 @@ def _copy(fd: int, path: Path, join: bool) -> None:
     os.close(fd)
 
 
-def _commands(job: Started, p: dict[str, Path], overlimit: threading.Event) -> None:
-    pid = job.session
+def _commands(job: Started, spec: JobSpec, p: dict[str, Path],
+              overlimit: threading.Event) -> None:
+    def kill_job(signum: int) -> None:  # the job's session and every session it adopted
+        for sid in (job.session, *adopted_sessions(spec)):
+            kill_session(sid, signum)
+
     for line in sys.stdin:
         words = line.split()
         if not words:
@@ -409,25 +416,61 @@ def _commands(job: Started, p: dict[str, Path], overlimit: threading.Event) -> N
             rows, cols = int(words[1]), int(words[2])
             fcntl.ioctl(job.terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         elif words[0] == "qdel":
-            kill_session(pid, signal.SIGTERM)
+            kill_job(signal.SIGTERM)
             time.sleep(float(words[1]) if len(words) > 1 else 2.0)
-            kill_session(pid, signal.SIGKILL)
+            kill_job(signal.SIGKILL)
         elif words[0] == "signal":
-            kill_session(pid, int(words[1]))
-        elif words[0] == "suspend":
-            kill_session(pid, signal.SIGTSTP)
+            kill_job(int(words[1]))
+        elif words[0] == "suspend":  # TSTP to task 0 only; STOP to every task
+            kill_session(job.session, signal.SIGTSTP)
             time.sleep(5)
-            kill_session(pid, signal.SIGSTOP)
+            kill_job(signal.SIGSTOP)
         elif words[0] == "resume":
-            kill_session(pid, signal.SIGCONT)
+            kill_job(signal.SIGCONT)
         elif words[0] == "walltime":
             overlimit.set()
             with open(p["err"], "a") as err:
                 err.write(f"=>> PBS: job killed: walltime {words[1]} exceeded limit {words[1]}\n")
-            kill_session(pid, signal.SIGTERM)
+            kill_job(signal.SIGTERM)
+
+
+ADOPTED = "adopted"  # <torque home>/adopted/<job id>: the sessions pbs_track adopted
+TM_EPERM = 17008
+
+
+def pbs_track(torque_home: Path, argv: list[str]) -> int:
+    """`pbs_track -j <job id> -a <pid>` as Torque's tm_adopt() does it.
+
+    It adopts getsid(pid), and only when the caller's uid owns that session's leader
+    (TM_EPERM otherwise, root included); pid 0 is the caller's own session. pbs_mom then
+    signals the adopted session with the job (see adopted_sessions).
+    """
+    args = dict(zip(argv[::2], argv[1::2]))
+    job_id, pid = args["-j"], int(args["-a"])
+    try:
+        sid = os.getsid(pid)
+        owner = os.stat(f"/proc/{sid}").st_uid
+    except OSError:
+        owner = -1
+    if owner != os.getuid():
+        print(f"pbs_track: permission denied: (null) ({TM_EPERM})", file=sys.stderr)
+        return 1
+    with open(torque_home / ADOPTED / job_id, "a") as record:
+        record.write(f"{sid} {pid}\n")
+    return 0
+
+
+def adopted_sessions(spec: JobSpec) -> list[int]:
+    try:
+        text = (Path(spec.torque_home) / ADOPTED / spec.job_id).read_text()
+    except FileNotFoundError:
+        return []
+    return [int(line.split()[0]) for line in text.splitlines() if line.strip()]
 
 
 def _main() -> None:
+    if sys.argv[1] == "pbs_track":
+        sys.exit(pbs_track(Path(sys.argv[2]), sys.argv[3:]))
     if sys.argv[1] == "--many":
         results = run_many([JobSpec(**s) for s in json.loads(sys.argv[2])])
         print(json.dumps([{"exit_status": st, "starter_s": t} for st, t in results]), flush=True)

@@ -58,7 +58,7 @@ def image_ids(api):
 
 @pytest.fixture(scope="session")
 def site_dirs():
-    ro, rw = "/srv/cbatch-test-ro", "/srv/cbatch-test-rw"
+    ro, rw = f"/srv/cbatch-test-ro-{USER}", f"/srv/cbatch-test-rw-{USER}"
     for path in (ro, rw):
         os.makedirs(path, exist_ok=True)
         os.chmod(path, 0o1777)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import make_daemon
 
 pytestmark = [pytest.mark.docker, pytest.mark.harness]
 CGROUPS = Path("/sys/fs/cgroup")
@@ -51,23 +50,28 @@ def test_container_runs_inside_torques_job_cgroup_and_is_counted(daemon, run, jo
     assert record["cgroup_parent"] == f"/torque/{job_id}"
 
 
-def test_without_a_job_cgroup_the_container_init_is_adopted(image_ids, site_dirs, test_user, run):
-    d = make_daemon(image_ids, site_dirs)
-    record_file = d.root / "pbs_track.calls"
-    fake = d.root / "pbs_track"  # Torque is not installed here: record what pbs_mom would get
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {record_file}\n"
-                    f"tr '\\0' ' ' < /proc/$4/cmdline >> {record_file}; echo >> {record_file}\n")
-    os.chmod(fake, 0o755)
-    settings = dict(d.settings)
-    settings["torque"] = dict(settings["torque"], pbs_track=str(fake))
-    d.write_config(settings)
-    d.start()
-    try:
-        result = run("#!/bin/bash\nsleep 1\n", d=d)
-        assert result.status == 0
-        record = d.wait_for_event("job_adopted", job_id=result.job.spec.job_id)
-        args, cmdline = record_file.read_text().splitlines()[:2]
-        assert args == f"-j {result.job.spec.job_id} -a {record['init_pid']}"
-        assert "docker-init" in cmdline  # the container's init, as seen from the host
-    finally:
-        d.cleanup()
+def test_without_a_job_cgroup_the_container_is_adopted_as_the_job_user(daemon, run):
+    """pbs_track (the harness plays tm_adopt's checks) adopts the container's own session,
+    as the job's uid; the harness kills what was adopted when the job ends, as pbs_mom
+    does, so adopting anything of the daemon's would kill it."""
+    result = run(f"#!/bin/bash\n{BURN}\n")
+    assert result.status == 0, result.err
+    job_id = result.job.spec.job_id
+    record = daemon.wait_for_event("job_adopted", job_id=job_id)
+    adopted = (daemon.torque_home / "adopted" / job_id).read_text().split()
+    assert adopted == [str(record["init_pid"])] * 2  # sid == pid: the container's init
+    finished = daemon.wait_for_event("job_finished", job_id=job_id)
+    assert finished["told_by"] == "keeper"
+    assert daemon.proc.poll() is None
+
+
+def test_jobs_that_end_at_once_never_get_the_daemon_adopted(daemon, run):
+    for _ in range(20):
+        result = run("#!/bin/bash\ntrue\n")
+        assert result.status == 0, result.err
+        for line in (daemon.torque_home / "adopted" / result.job.spec.job_id).read_text(
+                ).splitlines():
+            sid = int(line.split()[0])
+            assert sid not in (0, 1, os.getsid(daemon.proc.pid))
+    assert daemon.proc.poll() is None
+    assert not daemon.events("adopt_failed")
