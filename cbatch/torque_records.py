@@ -1,9 +1,9 @@
 """What Torque itself recorded about a job: its queue and its slots on this node.
 
 pbs_mom keeps each job as XML in mom_priv/jobs/<prefix>.JB (Torque 6's saveJobToXML),
-root-owned and 0600. Policy decides on these, never on the job's environment, which its
-owner can set (qsub -v PBS_QUEUE=..., PBS_NUM_PPN=...). What cannot be read safely falls
-back to what grants least: no queue (only rules for every queue apply) and one slot.
+root-owned (Torque 6.1 leaves it 0644). Policy decides on these, never on the job's
+environment, which its owner can set (qsub -v PBS_QUEUE=..., PBS_NUM_PPN=...). What cannot
+be read safely falls back to what grants least: no queue (rules for every queue) and one slot.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from tests.unit.test_torque import FakeProc
 
 DATA = Path(__file__).parent / "data"
 SERVER_QUEUED = DATA / "torque61-server-queued.JB"  # written by Torque 6.1's pbs_server
-MOM_PPN2 = DATA / "torque61-mom-ppn2.JB"  # pbs_mom's shape (saveJobToXML, add_mom_fields)
+# written by Torque 6.1's pbs_mom for qsub -l nodes=1:ppn=2 -v PBS_QUEUE=special,PBS_NUM_PPN=256
+MOM_PPN2 = DATA / "torque61-mom-ppn2.JB"
 
 
 def test_a_record_written_by_torque_gives_its_queue():
@@ -24,7 +25,7 @@ def test_a_record_written_by_torque_gives_its_queue():
 
 def test_a_running_jobs_record_gives_its_slots_on_this_node_not_its_variables():
     """Its Variable_List claims PBS_QUEUE=special and PBS_NUM_PPN=256 (qsub -v)."""
-    record = torque_records.parse(MOM_PPN2.read_bytes(), "7.vm", "vm")
+    record = torque_records.parse(MOM_PPN2.read_bytes(), "3.vm", "vm")
     assert (record.queue, record.slots, record.problem) == ("batch", 2, None)
 
 
@@ -42,20 +43,20 @@ def test_slots_on_this_node_from_exec_host(exec_host, node, slots):
     assert torque_records.slots_on(exec_host, node) == slots
 
 
-def _jb(text: str, job_id: str = "7.vm") -> bytes:
-    return MOM_PPN2.read_bytes().replace(b"<jobid>7.vm</jobid>", f"<jobid>{job_id}</jobid>".encode()
+def _jb(text: str, job_id: str = "3.vm") -> bytes:
+    return MOM_PPN2.read_bytes().replace(b"<jobid>3.vm</jobid>", f"<jobid>{job_id}</jobid>".encode()
                                          ).replace(b"vm/0-1", text.encode())
 
 
 @pytest.mark.parametrize("data,problem", [
     (_jb("vm/0-1", job_id="8.vm"), "not this job's"),
-    (b"<job><jobid>7.vm</jobid>", "not XML"),
+    (b"<job><jobid>3.vm</jobid>", "not XML"),
     (b'<?xml version="1.0"?><!DOCTYPE job [<!ENTITY a "batch">]><job/>', "DTD"),
-    (b"<job><jobid>7.vm</jobid></job>", "no attributes"),
+    (b"<job><jobid>3.vm</jobid></job>", "no attributes"),
     (_jb("vm/0-999999"), None),  # capped, not refused
 ])
 def test_a_record_that_is_not_this_jobs_or_not_sane_gives_least(data, problem):
-    record = torque_records.parse(data, "7.vm", "vm")
+    record = torque_records.parse(data, "3.vm", "vm")
     if problem is None:
         assert record.slots == torque_records.MAX_SLOTS
     else:
@@ -66,22 +67,22 @@ def test_a_record_that_is_not_this_jobs_or_not_sane_gives_least(data, problem):
 def jobs(tmp_path):
     folder = tmp_path / "jobs"
     folder.mkdir()
-    shutil.copy(MOM_PPN2, folder / "7.vm.JB")
-    os.chmod(folder / "7.vm.JB", 0o600)
+    shutil.copy(MOM_PPN2, folder / "3.vm.JB")
+    os.chmod(folder / "3.vm.JB", 0o644)  # as pbs_mom leaves it
     return folder
 
 
 @pytest.mark.parametrize("tamper,problem", [
-    (lambda p: p.unlink(), "cannot open 7.vm.JB"),
+    (lambda p: p.unlink(), "cannot open 3.vm.JB"),
     (lambda p: os.chown(p, 1001, -1), "only root may write"),
     (lambda p: os.chmod(p, 0o622), "only root may write"),
     (lambda p: (p.rename(p.with_suffix(".x")), p.symlink_to(p.with_suffix(".x"))),
-     "cannot open 7.vm.JB"),
+     "cannot open 3.vm.JB"),
 ])
 def test_a_record_a_user_could_have_written_is_not_believed(jobs, tamper, problem):
-    assert torque_records.read(jobs, "7.vm", "7.vm", "vm").slots == 2
-    tamper(jobs / "7.vm.JB")
-    record = torque_records.read(jobs, "7.vm", "7.vm", "vm")
+    assert torque_records.read(jobs, "3.vm", "3.vm", "vm").slots == 2
+    tamper(jobs / "3.vm.JB")
+    record = torque_records.read(jobs, "3.vm", "3.vm", "vm")
     assert (record.queue, record.slots) == ("", 1) and problem in record.problem
 
 
@@ -89,19 +90,19 @@ def test_verify_takes_queue_and_slots_from_the_record_not_the_forged_environment
     home = tmp_path / "torque"
     folder = torque.jobs_dir(home)
     folder.mkdir(parents=True)
-    (folder / "7.vm.SC").write_text("#!/bin/bash\n")
-    shutil.copy(MOM_PPN2, folder / "7.vm.JB")
+    (folder / "3.vm.SC").write_text("#!/bin/bash\n")
+    shutil.copy(MOM_PPN2, folder / "3.vm.JB")
     proc = FakeProc(tmp_path / "proc", tmp_path)
     proc.add(1000, "pbs_mom", 1, 1000, uid=0)
     proc.add(2001, "cbatch-starter", 1000, 2001, uid=os.getuid(),
-             env={"PBS_JOBID": "7.vm", "PBS_QUEUE": "special", "PBS_NUM_PPN": "256"})
+             env={"PBS_JOBID": "3.vm", "PBS_QUEUE": "special", "PBS_NUM_PPN": "256"})
     cfg = config.parse({"torque": {"home": str(home)}, "jobs": {"allow_root": True}})
     who = Peer(pid=2001, uid=os.getuid(), gid=os.getgid(), groups=(), start_ticks=2101)
-    job = torque.verify(cfg, who, ["/bin/bash"], f"{folder}/7.vm.SC\n".encode(),
+    job = torque.verify(cfg, who, ["/bin/bash"], f"{folder}/3.vm.SC\n".encode(),
                         proc=proc.root)
     assert (job.queue, job.slots, job.record_problem) == ("batch", 2, None)
-    (folder / "7.vm.JB").unlink()
-    job = torque.verify(cfg, who, ["/bin/bash"], f"{folder}/7.vm.SC\n".encode(),
+    (folder / "3.vm.JB").unlink()
+    job = torque.verify(cfg, who, ["/bin/bash"], f"{folder}/3.vm.SC\n".encode(),
                         proc=proc.root)
     assert (job.queue, job.slots) == ("", 1) and "cannot open" in job.record_problem
 
