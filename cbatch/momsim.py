@@ -106,8 +106,6 @@ def stage(spec: JobSpec) -> dict[str, Path]:
         os.chmod(p["script"], 0o700)
         os.chown(p["script"], entry.pw_uid, entry.pw_gid)
     p["nodefile"].write_text("".join(f"{os.uname().nodename}\n" for _ in range(spec.ppn)))
-    p["record"].write_text(_record(spec))  # mom_priv/jobs/<prefix>.JB, root's, 0600
-    os.chmod(p["record"], 0o600)
     p["record"].write_text(_record(spec))  # mom_priv/jobs/<prefix>.JB, root's, 0644
     os.chmod(p["record"], 0o644)
     if spec.tmpdir:
