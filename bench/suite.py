@@ -1,6 +1,6 @@
 """cbatch benchmark suite: every figure side by side, interleaved, several rounds.
 
-Run as root on a node with Docker:  python3 bench/suite.py [--rounds N] [--quick]
+Run as root on a node with Docker:  python3 bench/suite.py [--rounds N] [--quick] [--parts ...]
 Prints one table per part: min/median/max and ratios of medians. Nothing is asserted.
 """
 
@@ -15,6 +15,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from cbatch import demo, engine, momjob, momsim
 from cbatch.localnode import LocalNode
 
 GIB = 2**30
+HERE = Path(__file__).resolve().parent
 
 
 class Bench:
@@ -187,16 +189,6 @@ def output(b: Bench, rounds: int) -> None:
 
 def footprint(b: Bench, jobs: int) -> None:
     idle = _status(b.node.proc.pid)
-    runs = []
-    for cmd in ([b.node.starter, "/bin/bash"], ["/usr/bin/python3", "-I", "-c", "pass"]):
-        samples = []
-        for _ in range(10):
-            start = time.monotonic()
-            subprocess.run(cmd, input=b"x\n", capture_output=True,
-                           env={"CBATCH_SOCKET": "/nonexistent"})
-            samples.append(time.monotonic() - start)
-        runs.append(statistics.median(samples))
-    starter_start, python_start = runs
     running = [momjob.MomJob(b.spec(f"{90000 + i}.bench", "#!/bin/bash\nsleep 30\n"))
                for i in range(jobs)]
     time.sleep(8)
@@ -211,13 +203,56 @@ def footprint(b: Bench, jobs: int) -> None:
         j.cleanup()
     quiet = [b.job("#!/bin/bash\ntrue\n")[1] for _ in range(5)]
     print("\n## 5. footprint")
-    print(f"   starter: RSS {starter_rss}; exec to exit without a daemon {starter_start * 1000:.0f} ms "
-          f"(python3 -I doing nothing: {python_start * 1000:.0f} ms)")
+    print(f"   starter while its job runs: RSS {starter_rss} (alone, without a daemon: part 6)")
     print(f"   daemon idle: RSS {idle['VmRSS']}, threads {idle['Threads']}")
     print(f"   daemon with {jobs} running jobs: RSS {busy['VmRSS']}, threads {busy['Threads']}")
     print(f"   daemon CPU over 10 s with {jobs} silent jobs: {cpu_silent:.3f} s")
     print(f"   trivial job with {jobs} jobs running: {statistics.median(loaded):.3f} s; "
           f"with none: {statistics.median(quiet):.3f} s (median of 5)")
+
+
+def starter(rounds: int) -> None:
+    """The starter alone, exec to exit with no daemon listening (it fails fast with 125),
+    beside the retired Python starter as it was installed and a bare python3 -I."""
+    helper = str(_spawn_helper())
+    variants = {  # name: (argv, the exit code that shows it ran as meant)
+        "floor: a static program doing nothing": ([helper], 2),
+        "cbatch-starter (static C)": ([str(momjob.installed_starter()), "/bin/bash"], 125),
+        "retired Python starter (python3 -I)": (
+            ["/usr/bin/python3", "-I", str(HERE / "python_starter.py"), "/bin/bash"], 125),
+        "python3 -I -c pass": (["/usr/bin/python3", "-I", "-c", "pass"], 0),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    rss: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, (argv, expected) in variants.items():
+            seconds, kib, status = _spawn(argv)
+            if status != expected:
+                raise RuntimeError(f"{name} ended with {status}, not {expected}")
+            times[name].append(seconds * 1000)
+            rss[name].append(kib / 1024)
+    base = "retired Python starter (python3 -I)"
+    table("6. starter alone: exec to exit, no daemon listening (milliseconds)", times, "ms", base)
+    table("6. starter alone: max RSS (MiB, the kernel's ru_maxrss)", rss, "MiB", base)
+
+
+def _spawn(argv: list[str]) -> tuple[float, int, int]:
+    """(seconds from fork to reaping, max RSS in KiB, exit code), through bench/spawn.c,
+    with stdin "x\\n" as pbs_mom's line and no daemon to reach."""
+    out = subprocess.run([str(_spawn_helper()), *argv], input=b"x\n", capture_output=True, check=True,
+                         env={"CBATCH_SOCKET": "/nonexistent"}).stdout.split()
+    return int(out[0]) / 1e9, int(out[1]), int(out[2])
+
+
+def _spawn_helper() -> Path:
+    global _SPAWN
+    if _SPAWN is None:
+        _SPAWN = Path(tempfile.mkdtemp(prefix="cbatch-bench-")) / "spawn"
+        subprocess.run(["cc", "-static", "-O2", "-o", str(_SPAWN), str(HERE / "spawn.c")], check=True)
+    return _SPAWN
+
+
+_SPAWN: Path | None = None
 
 
 def _drop_caches() -> None:
@@ -257,19 +292,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and levels")
+    parts = ["trivial", "concurrency", "runtime", "output", "footprint", "starter"]
+    parser.add_argument("--parts", nargs="+", choices=parts, default=parts,
+                        help="run only these parts (starter needs no Docker)")
     args = parser.parse_args()
     rounds = 3 if args.quick else args.rounds
-    b = Bench()
-    try:
-        print(f"cbatch benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
-              f"{os.uname().release}, docker {b.api.version()['Version']}, rounds={rounds}")
-        trivial(b, rounds)
-        concurrency(b, [1, 4, 16] if args.quick else [1, 4, 16, 32, 64])
-        runtime(b, max(3, rounds // 2))
-        output(b, max(3, rounds // 2))
-        footprint(b, 16 if args.quick else 64)
-    finally:
-        b.close()
+    print(f"cbatch benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+          f"{os.uname().release}, rounds={rounds}")
+    if set(args.parts) - {"starter"}:
+        b = Bench()
+        try:
+            print(f"docker {b.api.version()['Version']}")
+            if "trivial" in args.parts:
+                trivial(b, rounds)
+            if "concurrency" in args.parts:
+                concurrency(b, [1, 4, 16] if args.quick else [1, 4, 16, 32, 64])
+            if "runtime" in args.parts:
+                runtime(b, max(3, rounds // 2))
+            if "output" in args.parts:
+                output(b, max(3, rounds // 2))
+            if "footprint" in args.parts:
+                footprint(b, 16 if args.quick else 64)
+        finally:
+            b.close()
+    if "starter" in args.parts:
+        starter(rounds * 5)
 
 
 if __name__ == "__main__":
