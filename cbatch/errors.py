@@ -15,8 +15,9 @@
 
 from __future__ import annotations
 
-# The two codes cbatch itself ends a job with. The starter has the same numbers built in
-# (it must know them when the daemon is unreachable); keep them in step.
+# The two codes cbatch itself ends a job with. The starter (csrc/cbatch-starter.c) has the
+# same numbers built in (it must know them when the daemon is unreachable); a test keeps
+# them in step.
 EXIT_NODE_FAILURE = 125  # cbatch could not run the job on this node: safe to requeue
 EXIT_REFUSED = 126  # the request was refused: the job owner must change the job
 
