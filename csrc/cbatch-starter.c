@@ -38,7 +38,6 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/utsname.h>
 #include <termios.h>
@@ -741,8 +740,10 @@ static void raw_terminal(void) {
 int main(int argc, char **argv) {
     struct sigaction ignore = {.sa_handler = SIG_IGN}, record = {.sa_handler = on_signal,
                                                                  .sa_flags = SA_RESTART};
-    struct stat st;
-    int fds[2] = {1, 2};
+    int fds[2] = {1, 2}, closed = 0;
+    for (int fd = 0; fd < 3; fd++) /* a closed one gets /dev/null: no socket may land there */
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF && open("/dev/null", O_RDWR) == fd)
+            closed |= 1 << fd;
     sigaction(SIGPIPE, &ignore, NULL); /* a gone reader is an error return, not a death */
     if (argc < 2)
         fail(EXIT_REFUSED, "cbatch-starter runs as Torque's $job_starter and needs the job's "
@@ -758,7 +759,7 @@ int main(int argc, char **argv) {
         sigaction(SIGWINCH, &record, NULL);
     int sock = connect_daemon(1);
     size_t len = build_request(argv + 1, tty, 0);
-    int nfds = !tty && fstat(1, &st) == 0 && fstat(2, &st) == 0 ? 2 : 0;
+    int nfds = tty || (closed & 6) ? 0 : 2; /* both output files, or none: all is streamed */
     if (send_frame(sock, request, len, stdin_data, stdin_len, fds, nfds) < 0)
         fail(EXIT_NODE_FAILURE, "lost the connection to cbatchd (%s); the job did not run", describe(errno));
     if (tty)

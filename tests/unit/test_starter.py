@@ -198,6 +198,17 @@ def test_output_to_a_reader_that_went_away_does_not_kill_the_starter(launch):
     assert finish(proc) == (3, b"", b"")
 
 
+def test_a_closed_stdout_is_not_taken_by_the_starters_own_sockets(starter, tmp_path):
+    path, extra_env = starter
+    daemon = FakeDaemon(tmp_path / "d.sock", [("stdout", b"nowhere\n", {}), exit_frame(5)])
+    proc = subprocess.run([path, "/bin/bash"], input=b"x\n", stderr=subprocess.PIPE, timeout=10,
+                          env={"CBATCH_SOCKET": str(tmp_path / "d.sock"), **extra_env},
+                          preexec_fn=lambda: os.close(1))
+    daemon.thread.join(5)
+    assert (proc.returncode, proc.stderr) == (5, b"")
+    assert daemon.fds == []  # no output file to hand over: output is streamed
+
+
 def test_error_frame_is_one_cbatch_line_and_its_status(launch):
     daemon, proc = launch([("error", b"", {"status": 126, "message": "image refused"})])
     assert finish(proc) == (126, b"", b"cbatch: image refused\n")
