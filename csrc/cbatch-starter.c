@@ -235,6 +235,10 @@ static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp) {
     return len;
 }
 
+/* JSON's two-character escapes: the letter after the backslash, and what it stands for. */
+static const char escape_letters[] = "\"\\/bfnrt";
+static const char escaped_chars[] = "\"\\/\b\f\n\r\t";
+
 /* The request's JSON, written as Python's json.dumps writes it (ASCII only). */
 static size_t json_len;
 static int json_full;
@@ -263,15 +267,13 @@ static void put_string(const char *s) {
         if (len == 0)
             cp = 0xDC00 + u[i], len = 1;
         i += len;
-        if (cp == '"' || cp == '\\') {
-            esc[0] = '\\', esc[1] = (char)cp;
+        const char *named = cp && cp < 0x80 ? strchr(escaped_chars, (int)cp) : NULL;
+        if (named && cp != '/') { /* json.dumps leaves '/' alone */
+            esc[0] = '\\', esc[1] = escape_letters[named - escaped_chars];
             put(esc, 2);
         } else if (cp >= 0x20 && cp < 0x7F) {
             esc[0] = (char)cp;
             put(esc, 1);
-        } else if (cp == '\n' || cp == '\r' || cp == '\t' || cp == '\b' || cp == '\f') {
-            esc[0] = '\\', esc[1] = "nrtbf"[strchr("\n\r\t\b\f", (int)cp) - "\n\r\t\b\f"];
-            put(esc, 2);
         } else if (cp < 0x10000) {
             put(esc, (size_t)snprintf(esc, sizeof esc, "\\u%04x", (unsigned)cp));
         } else {
@@ -471,10 +473,10 @@ static int string(struct cursor *c, struct scalar *s) {
         }
         if (c->end - c->at < 2)
             return 0;
-        const char *escape = strchr("\"\\/bfnrt", c->at[1]);
+        const char *letter = c->at[1] ? strchr(escape_letters, c->at[1]) : NULL;
         c->at += 2;
-        if (escape && *escape) {
-            keep_code_point(s, (uint32_t)"\"\\/\b\f\n\r\t"[escape - "\"\\/bfnrt"]);
+        if (letter) {
+            keep_code_point(s, (unsigned char)escaped_chars[letter - escape_letters]);
             continue;
         }
         if (c->at[-1] != 'u' || !hex4(c, &cp))
