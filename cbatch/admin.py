@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from cbatch import config
-from cbatch.errors import CbatchError
+from cbatch.errors import CbatchError, ConfigError, for_admin
 
 
 def _engine():
@@ -23,10 +23,39 @@ def _engine():
 
 
 def check_config(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
-    print(f"{args.config}: ok ({len(cfg.images)} images, default {cfg.default_image or '-'}, "
-          f"{len(cfg.mounts)} site mounts, network {cfg.network})")
+    """The file, then (unless --no-docker) that its default image is on this node."""
+    path = args.path or args.config
+    cfg = config.load(path)
+    if not cfg.images:
+        raise ConfigError("images.aliases", "no images are defined, so jobs have none to run "
+                                            "in: define at least one alias and images.default")
+    note = ""
+    if not args.no_docker:
+        note = _default_image_note(cfg)
+    print(f"{path}: ok ({len(cfg.images)} images, default {cfg.default_image}, "
+          f"{len(cfg.mounts)} site mounts, network {cfg.network}){note}")
     return 0
+
+
+def _default_image_note(cfg: config.Config) -> str:
+    """Raises ConfigError when the default image is not on this node and will not be
+    pulled; a note for the ok line when it will be."""
+    from cbatch.engine import image_id
+    default = cfg.image(cfg.default_image)
+    try:
+        present = image_id(_engine(), default.ref) is not None
+    except CbatchError as exc:
+        raise CbatchError("cannot check that the default image is on this node: Docker is "
+                          f"not answering ({exc.fields.get('docker_error', exc)}); start it, or "
+                          "check the file alone with --no-docker") from exc
+    if present:
+        return ""
+    if cfg.pull == "missing" and "@" in default.ref:  # (an image id cannot be pulled)
+        return (f"; the default image {default.alias} is not on this node yet: the first job "
+                "pulls it, or run `cbatch images pull` now")
+    raise ConfigError("images.default", f"{default.alias} ({default.ref}) is not on this node "
+                                        "and images.pull is never: load it, or run `cbatch "
+                                        "images pull` with pull: missing")
 
 
 def _ask_daemon(args: argparse.Namespace, timeout_s: float = 30, **request: object) -> dict:
@@ -151,34 +180,62 @@ def demo(args: argparse.Namespace) -> int:
     return demo_.run(user=args.user, keep=args.keep)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cbatch", description="cbatch admin tool")
-    parser.add_argument("--config", type=Path,
-                        default=Path(os.environ.get("CBATCH_CONFIG", config.DEFAULT_PATH)))
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("check-config", help="validate the configuration").set_defaults(func=check_config)
-    sub.add_parser("ps", help="list job containers on this node").set_defaults(func=ps)
-    p = sub.add_parser("kill", help="signal a job's container")
-    p.add_argument("job_id")
-    p.add_argument("--signal", default="SIGKILL")
-    p.set_defaults(func=kill)
-    sub.add_parser("cleanup", help="remove containers whose job is gone").set_defaults(func=cleanup)
-    p = sub.add_parser("images", help="the pinned images on this node: list, pull, prune")
-    p.add_argument("action", nargs="?", choices=("list", "pull", "prune"), default="list")
-    p.set_defaults(func=images)
-    p = sub.add_parser("health", help="node health check for $node_check_script")
-    p.add_argument("--docker-root", default="/var/lib/docker")
-    p.add_argument("--min-free-gb", type=float, default=5.0)
-    p.set_defaults(func=health)
-    p = sub.add_parser("demo", help="run a sample job through starter, daemon and Docker")
-    p.add_argument("--user", default="cbatch-demo")
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default, unless it has none worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _parser() -> argparse.ArgumentParser:
+    show = _ShowDefaults
+    parser = argparse.ArgumentParser(prog="cbatch", formatter_class=show,
+                                     description="cbatch: the admin's tool for one worker node")
+    parser.add_argument("--config", type=Path, metavar="PATH",
+                        default=Path(os.environ.get("CBATCH_CONFIG", config.DEFAULT_PATH)),
+                        help="the node's policy file (environment: CBATCH_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, formatter_class=show)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("check-config", check_config,
+                "validate a policy file, and that its default image is on this node")
+    p.add_argument("path", nargs="?", type=Path, metavar="PATH",
+                   help="the file to check (default: the --config file)")
+    p.add_argument("--no-docker", action="store_true",
+                   help="check the file alone, not the images on this node")
+    command("ps", ps, "list job containers on this node")
+    p = command("kill", kill, "signal a job's containers")
+    p.add_argument("job_id", metavar="JOBID", help="the Torque job id, e.g. 123.server")
+    p.add_argument("--signal", default="SIGKILL", metavar="SIG",
+                   help="signal name (TERM, KILL, USR1...) to send")
+    command("cleanup", cleanup, "remove containers whose job is gone")
+    p = command("images", images, "the pinned images on this node: list, pull, prune")
+    p.add_argument("action", nargs="?", choices=("list", "pull", "prune"), default="list",
+                   help="list the set and what is here, pull what is missing, or prune "
+                        "pins moved on from")
+    p = command("health", health, "node health check for pbs_mom's $node_check_script")
+    p.add_argument("--docker-root", default="/var/lib/docker", metavar="DIR",
+                   help="where Docker keeps images (its free space is checked)")
+    p.add_argument("--min-free-gb", type=float, default=5.0, metavar="GB",
+                   help="least free space in --docker-root for a healthy node")
+    p = command("demo", demo, "run a sample job through starter, daemon and Docker")
+    p.add_argument("--user", default="cbatch-demo", help="user to run the job as (made if absent)")
     p.add_argument("--keep", action="store_true", help="keep the demo's temporary files")
-    p.set_defaults(func=demo)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         return args.func(args)
     except CbatchError as exc:
-        print(f"cbatch: {exc}", file=sys.stderr)
+        print(f"cbatch: {for_admin(exc)}", file=sys.stderr)
         return 1
 
 

@@ -347,7 +347,32 @@ def load(path: Path = DEFAULT_PATH) -> Config:
         data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise ConfigError(str(path), f"YAML syntax error: {exc.problem}", line) from exc
+        raise ConfigError(str(path), f"not valid YAML: {_plain(exc)}", line) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), f"YAML error: {exc}") from exc
     return parse(data, source=Path(path))
+
+
+def _plain(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's parser message in an admin's words (its line is given by the caller)."""
+    problem = str(exc.problem or "")
+    column = f" (column {exc.problem_mark.column + 1})" if exc.problem_mark else ""
+    opened = exc.context_mark.line + 1 if exc.context_mark else None
+    context = str(exc.context or "")
+    if "\\t" in problem:  # PyYAML names a tab '\t'
+        return f"a tab character{column}: indent with spaces only"
+    if problem.startswith("mapping values are not allowed"):
+        return (f"a 'key: value' where none may be{column}: check the indentation of this "
+                "line and the one before, or quote a value that contains ': '")
+    if "flow sequence" in context:
+        return f"a list opened with '[' on line {opened} is not closed with ']'"
+    if "flow mapping" in context:
+        return f"a mapping opened with '{{' on line {opened} is not closed with '}}'"
+    if "quoted scalar" in context:
+        return f"a quoted value opened on line {opened} has no closing quote"
+    if "block" in context and problem.startswith("expected"):
+        return (f"this line{column} does not fit the indentation of the block that starts "
+                f"on line {opened}: check its indentation")
+    if problem.startswith("found undefined alias"):
+        return f"{problem}{column}: quote a value that starts with '*'"
+    return f"{problem}{column}" + (f" ({context} from line {opened})" if context else "")

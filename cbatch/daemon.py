@@ -60,11 +60,17 @@ class Daemon:
                       images=[i.alias for i in self.cfg.images], default=self.cfg.default_image)
         systemd.notify("READY=1")
         next_sweep = time.monotonic() + self.cfg.sweep_interval_s
+        # systemd restarts a daemon whose loop stops turning; pings come from the loop only
+        ping_every = systemd.watchdog_interval_s()
+        next_ping = time.monotonic() if ping_every else float("inf")
         backoff, resume_at = 0.0, None  # accept's pause after a failure, when it ends
         try:
             while True:
-                wake_at = next_sweep if resume_at is None else min(next_sweep, resume_at)
+                wake_at = min(next_sweep, next_ping, resume_at or float("inf"))
                 events = selector.select(timeout=max(0.0, wake_at - time.monotonic()))
+                if time.monotonic() >= next_ping:
+                    systemd.notify("WATCHDOG=1")
+                    next_ping = time.monotonic() + ping_every
                 if time.monotonic() >= next_sweep:  # even on a busy node
                     self.sweep()
                     next_sweep = time.monotonic() + self.cfg.sweep_interval_s
@@ -170,16 +176,27 @@ class Daemon:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cbatchd", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path,
-                        default=Path(os.environ.get("CBATCH_CONFIG", config.DEFAULT_PATH)))
+    parser = argparse.ArgumentParser(
+        prog="cbatchd", description=__doc__.splitlines()[0] + " Runs in the foreground.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", type=Path, metavar="PATH",
+                        default=Path(os.environ.get("CBATCH_CONFIG", config.DEFAULT_PATH)),
+                        help="policy file (environment: CBATCH_CONFIG)")
+    parser.add_argument("--log-file", type=Path, metavar="PATH", default=None,
+                        help="append log records to this file instead of stderr; reopened "
+                             "when logrotate moves it")
     args = parser.parse_args(argv)
     try:
         cfg = config.load(args.config)
     except ConfigError as exc:
         print(f"cbatchd: {exc}", file=sys.stderr)
         return 1
-    logs.configure(cfg.log_format, cfg.log_level)
+    try:
+        logs.configure(cfg.log_format, cfg.log_level, args.log_file)
+    except OSError as exc:
+        print(f"cbatchd: cannot open the log file {args.log_file}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
     try:
         return Daemon(cfg, args.config).serve()
     except ConfigError as exc:  # the connection bound does not fit the fd limit

@@ -44,7 +44,7 @@ def _translate(action: str, **fields: object) -> Iterator[None]:
             why = why.decode("utf-8", "replace")
         raise ContainerFailed(f"the job's container could not {action}: {_short(why)}",
                               docker_error=str(exc), status_code=exc.status_code,
-                              **fields) from exc
+                              explanation=_short(why), **fields) from exc
     except (requests.exceptions.ConnectionError, FileNotFoundError,
             ConnectionRefusedError) as exc:
         raise EngineUnavailable("the container engine on this node is not reachable; the "

@@ -85,3 +85,18 @@ class ContainerFailed(EngineError):
 
 class ProtocolError(CbatchError):
     pass
+
+
+def for_admin(exc: CbatchError) -> str:
+    """An engine failure in an admin's words, for the admin CLI (str(exc) speaks to job
+    owners: "the job can be requeued" means nothing to `cbatch images pull`)."""
+    if not isinstance(exc, EngineError):
+        return str(exc)
+    if isinstance(exc, EngineUnavailable):
+        return (f"Docker is not answering on this node ({exc.fields.get('docker_error')}); "
+                "start dockerd or check DOCKER_HOST")
+    if isinstance(exc, ImageUnavailable):
+        return (f"the registry has no image {exc.fields.get('ref', '')} or refuses this node; "
+                "check the pinned digest and the node's registry login")
+    why = exc.fields.get("explanation") or exc.fields.get("docker_error") or "no reason given"
+    return f"Docker refused: {why}"

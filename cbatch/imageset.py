@@ -12,7 +12,7 @@ import dataclasses
 from cbatch import engine as engine_
 from cbatch.config import Config
 from cbatch.engine import Engine
-from cbatch.errors import CbatchError
+from cbatch.errors import CbatchError, for_admin
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ def pull(cfg: Config, engine: Engine) -> list[tuple[str, str]]:
                 engine.ensure_image(item.ref, "missing")
                 outcomes.append((item.alias, "pulled"))
             except CbatchError as exc:
-                outcomes.append((item.alias, f"failed: {exc}"))
+                outcomes.append((item.alias, f"failed: {for_admin(exc)}"))
     return outcomes
 
 

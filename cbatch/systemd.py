@@ -1,4 +1,4 @@
-"""sd_notify for Type=notify units; a no-op when NOTIFY_SOCKET is not set."""
+"""sd_notify for Type=notify units (READY, STOPPING, WATCHDOG); a no-op without systemd."""
 
 from __future__ import annotations
 
@@ -16,3 +16,16 @@ def notify(state: str) -> bool:
         sock.connect(address)
         sock.sendall(state.encode())
     return True
+
+
+def watchdog_interval_s() -> float | None:
+    """How often to send WATCHDOG=1: half of WatchdogSec, as sd_watchdog_enabled(3)
+    advises; None when systemd watches no process or another one (WATCHDOG_PID)."""
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    owner = os.environ.get("WATCHDOG_PID")
+    if usec <= 0 or (owner and owner != str(os.getpid())):
+        return None
+    return usec / 2 / 1e6

@@ -20,7 +20,7 @@ def cbatch(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_check_config_accepts_the_sample_and_names_errors(tmp_path):
-    ok = cbatch("--config", str(SAMPLE), "check-config")
+    ok = cbatch("check-config", "--no-docker", str(SAMPLE))  # the sample's images are fictional
     assert ok.returncode == 0 and "ok (2 images, default el9" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("container:\n  network: overlay\n")
@@ -29,6 +29,28 @@ def test_check_config_accepts_the_sample_and_names_errors(tmp_path):
     assert result.stderr == ("cbatch: configuration error at container.network (line 2): must "
                              "be one of host, bridge, none, not 'overlay'\n")
 
+
+
+def test_check_config_fails_when_the_default_image_is_not_on_this_node(tmp_path, image_ids):
+    here, absent = image_ids["alpha"], "reg.invalid/hep/gone@sha256:" + "0" * 64
+    path = tmp_path / "cbatch.yaml"
+    for pull in ("never", "missing"):
+        path.write_text(f'images:\n  pull: {pull}\n  default: gone\n  aliases:\n'
+                        f'    gone: {{ref: "{absent}"}}\n    alpha: {{ref: "{here}"}}\n')
+        result = cbatch("check-config", str(path))
+        if pull == "never":
+            assert result.returncode == 1
+            assert result.stderr == (
+                f"cbatch: configuration error at images.default: gone ({absent}) is not on "
+                "this node and images.pull is never: load it, or run `cbatch images pull` "
+                "with pull: missing\n")
+        else:  # the first job (or `cbatch images pull`) fetches it: usable, and said so
+            assert result.returncode == 0, result.stderr
+            assert "the default image gone is not on this node yet" in result.stdout
+    path.write_text(path.read_text().replace("default: gone", "default: alpha"))
+    assert cbatch("check-config", str(path)).returncode == 0
+    assert cbatch("check-config", "--no-docker", str(path).replace("cbatch", "x")).stderr \
+        .startswith("cbatch: configuration error at ")
 
 def test_demo_runs_a_job_through_starter_daemon_and_docker(test_user, api):
     had_image = bool(api.images(name="cbatch-demo"))

@@ -31,3 +31,47 @@ def test_prune_removes_only_unpinned_images_of_pinned_repositories(mocker):
         (f"{REPO}@{OLD}", None), (f"{REPO}@{OLDER}", "in use by a container")]
     assert [c.args[1] for c in remove.call_args_list] == ["i-old", "i-busy"]
 
+
+
+def _engine_whose_pull(mocker, error):
+    """A real Engine whose Docker client has no image and fails the pull with `error`."""
+    import docker
+    import requests
+
+    engine = engine_.Engine()
+    engine.api = mocker.create_autospec(docker.APIClient, instance=True)
+    engine.api.images.return_value = []
+    response = requests.Response()
+    response.status_code = 404
+    engine.api.inspect_image.side_effect = docker.errors.ImageNotFound("no such image", response)
+    engine.api.pull.side_effect = error
+    return engine
+
+
+def test_pull_failures_are_worded_for_the_admin(mocker):
+    import docker
+    import requests
+
+    mocker.patch.object(engine_, "_present", set())
+    server_error = requests.Response()
+    server_error.status_code = 500
+    refused = docker.errors.APIError(
+        "500 Server Error", server_error,
+        explanation="Get \"https://reg.example/v2/\": dial tcp 10.0.0.9:443: connect: "
+                    "connection refused")
+    denied = docker.errors.ImageNotFound("pull access denied for reg.example/hep/el9, "
+                                         "repository does not exist")
+    gone = requests.exceptions.ConnectionError("Connection aborted: No such file")
+    outcomes = {}
+    for name, error in (("refused", refused), ("denied", denied), ("gone", gone)):
+        outcome = dict(imageset.pull(cfg(), _engine_whose_pull(mocker, error)))["el9"]
+        outcomes[name] = outcome
+        assert "job" not in outcome, outcome  # admins' words, not job owners'
+    assert outcomes["refused"] == (
+        'failed: Docker refused: Get "https://reg.example/v2/": dial tcp 10.0.0.9:443: '
+        "connect: connection refused")
+    assert outcomes["denied"] == (
+        f"failed: the registry has no image {REPO}@{PIN} or refuses this node; check the "
+        "pinned digest and the node's registry login")
+    assert outcomes["gone"] == ("failed: Docker is not answering on this node (Connection "
+                                "aborted: No such file); start dockerd or check DOCKER_HOST")
