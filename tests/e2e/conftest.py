@@ -34,7 +34,8 @@ class Result:
 def api():
     client = docker.APIClient(version="1.41")
     yield client
-    for c in client.containers(all=True, filters={"label": "cbatch"}):
+    # only this run's (its user's): other runs on the machine keep theirs
+    for c in client.containers(all=True, filters={"label": f"cbatch.user={USER}"}):
         client.remove_container(c["Id"], force=True)
     client.close()
 

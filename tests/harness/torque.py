@@ -1,0 +1,297 @@
+"""Drive a real single-node Torque (built by ../shared/torque/build-torque.sh) from tests.
+
+TorqueNode switches pbs_mom between native jobs and cbatch (its mom_priv/config and a
+restart, as an admin would), runs a cbatchd of the tests' own on the starter's default
+socket, and submits jobs with qsub as a test user. Job reads what Torque recorded: qstat
+-f, the server's accounting E record and the delivered .o/.e files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+PBS_HOME = Path("/var/spool/torque")
+SBIN = Path("/usr/local/sbin")
+BIN = Path("/usr/local/bin")
+STARTER = BIN / "cbatch-starter"
+SOCKET = Path("/run/cbatch/cbatchd.sock")  # the starter's default: nothing to configure
+MOM_CONFIG = PBS_HOME / "mom_priv" / "config"
+CHECK_POLL_S = 10  # pbs_mom's $check_poll_time here: walltime kills within ~10 s
+
+_START = ("import os, signal, sys\n"
+          "for s in range(1, signal.NSIG):\n"
+          "    try: signal.signal(s, signal.SIG_DFL)\n"
+          "    except (OSError, ValueError, RuntimeError): pass\n"
+          "signal.pthread_sigmask(signal.SIG_SETMASK, [])\n"
+          "os.execv(sys.argv[1], sys.argv[1:])\n")
+
+
+def installed() -> bool:
+    return (SBIN / "pbs_server").exists() and (SBIN / "pbs_mom").exists()
+
+
+def _pids(comm: str, exe: Path) -> list[int]:
+    """Pids of a real Torque daemon (by executable: the harness's momsim calls itself
+    pbs_mom too)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry.name}/exe") == str(exe):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def start_daemon(program: Path, *args: str) -> None:
+    """Start a Torque daemon as an init system would: default dispositions, empty mask."""
+    subprocess.run(["/usr/bin/python3", "-c", _START, str(program), *args], cwd="/",
+                   check=True, stdin=subprocess.DEVNULL)
+
+
+def qmgr(command: str) -> str:
+    return subprocess.run([str(BIN / "qmgr"), "-c", command], capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+
+
+def wait_for(predicate, timeout: float, what: str, step: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def node_state() -> str:
+    out = subprocess.run([str(BIN / "pbsnodes"), os.uname().nodename], capture_output=True,
+                         text=True, timeout=30).stdout
+    match = re.search(r"^\s+state = (\S+)", out, re.M)
+    return match.group(1) if match else ""
+
+
+def node_message() -> str:
+    out = subprocess.run([str(BIN / "pbsnodes"), os.uname().nodename], capture_output=True,
+                         text=True, timeout=30).stdout
+    match = re.search(r"^\s+message = (.*)$", out, re.M)
+    return match.group(1) if match else ""
+
+
+def ensure_running() -> None:
+    """trqauthd, pbs_server and pbs_sched up (build-torque.sh set them up once)."""
+    if not _pids("trqauthd", SBIN / "trqauthd"):
+        start_daemon(SBIN / "trqauthd")
+    if not _pids("pbs_server", SBIN / "pbs_server"):
+        start_daemon(SBIN / "pbs_server")
+    wait_for(lambda: subprocess.run([str(BIN / "qmgr"), "-c", "list server"],
+                                    capture_output=True, timeout=30).returncode == 0,
+             90, "pbs_server to answer")
+    if not _pids("pbs_sched", SBIN / "pbs_sched"):
+        start_daemon(SBIN / "pbs_sched")
+
+
+def restart_mom(config_text: str) -> None:
+    """Write mom_priv/config and restart pbs_mom (a HUP keeps stale settings)."""
+    for pid in _pids("pbs_mom", SBIN / "pbs_mom"):
+        subprocess.run([str(SBIN / "momctl"), "-s"], capture_output=True, timeout=30)
+        try:
+            wait_for(lambda: not _pids("pbs_mom", SBIN / "pbs_mom"), 20, "pbs_mom to stop")
+        except AssertionError:
+            os.kill(pid, signal.SIGKILL)
+    MOM_CONFIG.write_text(config_text)
+    start_daemon(SBIN / "pbs_mom")
+    wait_for(lambda: node_state() == "free", 90, "the node to be free", step=0.5)
+
+
+@dataclasses.dataclass
+class Job:
+    """A submitted job and what Torque recorded for it."""
+
+    job_id: str
+    user: pwd.struct_passwd
+
+    @property
+    def seq(self) -> str:
+        return self.job_id.split(".", 1)[0].split("[", 1)[0]
+
+    def info(self) -> dict[str, str]:
+        out = subprocess.run([str(BIN / "qstat"), "-f", self.job_id], capture_output=True,
+                             text=True, timeout=60).stdout
+        return parse_qstat(out)
+
+    def state(self) -> str:
+        return self.info().get("job_state", "")
+
+    def wait(self, timeout: float = 120) -> dict[str, str]:
+        """Wait until Torque has completed the job; its qstat -f attributes."""
+        return wait_for(lambda: (lambda i: i if i.get("job_state") == "C" else None)(
+            self.info()), timeout, f"job {self.job_id} to complete", step=0.5)
+
+    def wait_state(self, state: str, timeout: float = 60) -> None:
+        wait_for(lambda: self.state() == state, timeout, f"job {self.job_id} in state {state}")
+
+    def exit_status(self, timeout: float = 120) -> int:
+        return int(self.wait(timeout)["exit_status"])
+
+    def accounting(self, timeout: float = 30) -> dict[str, str]:
+        """The server's E record: {"Exit_status": ..., "resources_used.cput": ...}."""
+        def find():
+            folder = PBS_HOME / "server_priv" / "accounting"
+            for path in sorted(folder.glob("*"), reverse=True)[:2]:
+                for line in path.read_text(errors="replace").splitlines():
+                    parts = line.split(";", 3)
+                    if len(parts) == 4 and parts[1] == "E" and parts[2] == self.job_id:
+                        return dict(f.split("=", 1) for f in parts[3].split() if "=" in f)
+            return None
+        return wait_for(find, timeout, f"the accounting E record of {self.job_id}")
+
+    def output(self, which: str = "o", timeout: float = 30) -> str:
+        """The delivered .o/.e file (Output_Path/Error_Path; pbs_mom copies it at the end)."""
+        attr = self.info()["Output_Path" if which == "o" else "Error_Path"]
+        path = Path(attr.split(":", 1)[-1])
+        wait_for(path.exists, timeout, f"{path}")
+        return path.read_text(errors="replace")
+
+
+def parse_qstat(text: str) -> dict[str, str]:
+    attrs: dict[str, str] = {}
+    key = None
+    for line in text.splitlines():
+        match = re.match(r"^    (\S+) = (.*)$", line)
+        if match:
+            key = match.group(1)
+            attrs[key] = match.group(2)
+        elif key and line.startswith("\t"):
+            attrs[key] += line.strip()
+    return attrs
+
+
+def qsub(user: pwd.struct_passwd, script: str | None, *args: str, cwd: str | None = None,
+         env: dict[str, str] | None = None) -> str:
+    """qsub as the user (Torque refuses root); the job id."""
+    command = ["/usr/sbin/runuser", "-u", user.pw_name, "--", str(BIN / "qsub"), *args]
+    result = subprocess.run(command, input=script, capture_output=True, text=True, timeout=60,
+                            cwd=cwd or user.pw_dir, env={"PATH": "/usr/bin:/bin",
+                                                         "HOME": user.pw_dir, **(env or {})})
+    if result.returncode != 0:
+        raise RuntimeError(f"qsub failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def qdel(job_id: str) -> None:
+    subprocess.run([str(BIN / "qdel"), job_id], check=True, capture_output=True, timeout=60)
+
+
+def qsig(job_id: str, signame: str) -> None:
+    subprocess.run([str(BIN / "qsig"), "-s", signame, job_id], check=True,
+                   capture_output=True, timeout=60)
+
+
+class CbatchNode:
+    """A cbatchd of the tests' own on the starter's default socket, reading a test policy."""
+
+    def __init__(self, images: dict[str, str], default: str, extra: dict | None = None):
+        self.root = Path(tempfile.mkdtemp(prefix="cbatch-torque-"))
+        os.chmod(self.root, 0o755)
+        self.config_path = self.root / "cbatch.yaml"
+        self.log_path = self.root / "cbatchd.log"
+        self.settings: dict = {
+            "socket": {"path": str(SOCKET)},
+            "torque": {"home": str(PBS_HOME)},
+            "images": {"default": default,
+                       "aliases": {alias: {"ref": ref} for alias, ref in images.items()}},
+            "logging": {"format": "json"},
+        }
+        for key, value in (extra or {}).items():
+            self.settings.setdefault(key, {}).update(value)
+        self.config_path.write_text(json.dumps(self.settings, indent=2))
+        self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}
+
+    def start(self) -> None:
+        SOCKET.unlink(missing_ok=True)
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen([str(BIN / "cbatchd"), "--config",
+                                          str(self.config_path)], stdout=log, stderr=log,
+                                         start_new_session=True, cwd="/",
+                                         env={**os.environ, **self.env})
+        wait_for(SOCKET.exists, 20, "cbatchd's socket")
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=15)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines()
+                if line.startswith("{")]
+
+    def events(self, name: str, **match: object) -> list[dict]:
+        return [r for r in self.records() if r.get("event") == name
+                and all(r.get(k) == v for k, v in match.items())]
+
+    def wait_for_event(self, name: str, timeout: float = 30, **match: object) -> dict:
+        return wait_for(lambda: (self.events(name, **match) or [None])[0], timeout,
+                        f"{name} {match} in the daemon log")
+
+    def cleanup(self) -> None:
+        self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def mom_config(starter: bool, health: Path | None = None) -> str:
+    """mom_priv/config for this host: native jobs, or every job through cbatch-starter."""
+    host = os.uname().nodename
+    lines = [f"$pbsserver {host}", "$logevent 255", f"$check_poll_time {CHECK_POLL_S}"]
+    if starter:
+        lines.append(f"$job_starter {STARTER}")
+    if health is not None:
+        lines += [f"$node_check_script {health}", "$node_check_interval 1",
+                  "$status_update_time 5"]
+    return "\n".join(lines) + "\n"
+
+
+def containers(api, job_id: str) -> list[dict]:
+    return api.containers(all=True, filters={"label": f"cbatch.job_id={job_id}"})
+
+
+def parse_duration(text: str) -> int:
+    """Torque's HH:MM:SS (resources_used.cput) in seconds."""
+    h, m, s = (int(x) for x in text.split(":"))
+    return h * 3600 + m * 60 + s
+
+
+def mem_kb(text: str) -> int:
+    match = re.match(r"(\d+)kb", text)
+    return int(match.group(1)) if match else 0
+
+
+def mom_log_since(mark: float) -> str:
+    """pbs_mom's log lines written since `mark` (a time.time())."""
+    path = PBS_HOME / "mom_logs" / time.strftime("%Y%m%d")
+    text = path.read_text(errors="replace") if path.exists() else ""
+    lines = []
+    for line in text.splitlines():
+        try:
+            stamp = time.mktime(time.strptime(line[:19], "%m/%d/%Y %H:%M:%S"))
+        except ValueError:
+            continue
+        if stamp >= int(mark):
+            lines.append(line)
+    return "\n".join(lines)
