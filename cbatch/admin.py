@@ -1,4 +1,4 @@
-"""`cbatch`: the admin CLI (check-config, ps, kill, cleanup, images, health, demo).
+"""`cbatch`: the admin CLI (check-config, ps, kill, cleanup, images, health, exec, demo).
 
 One funnel turns a CbatchError into one line and exit status 1.
 """
@@ -175,6 +175,27 @@ def _health_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def exec_(args: argparse.Namespace) -> int:
+    """A command or shell in a running job's container; for its owner (no root needed)."""
+    from cbatch import execclient
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        return execclient.run(_socket_path(args), args.job_id, command)
+    except CbatchError as exc:  # the daemon's refusal keeps its status (126: refused)
+        return execclient.main_exit(exc)
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    """cbatchd's socket: CBATCH_SOCKET, the policy's, or the default when a user may not
+    read the policy file."""
+    if os.environ.get("CBATCH_SOCKET"):
+        return Path(os.environ["CBATCH_SOCKET"])
+    try:
+        return config.load(args.config).socket_path
+    except ConfigError:
+        return config.Config().socket_path
+
+
 def demo(args: argparse.Namespace) -> int:
     from cbatch import demo as demo_
     return demo_.run(user=args.user, keep=args.keep)
@@ -224,6 +245,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="where Docker keeps images (its free space is checked)")
     p.add_argument("--min-free-gb", type=float, default=5.0, metavar="GB",
                    help="least free space in --docker-root for a healthy node")
+    p = command("exec", exec_, "run a command, or a shell, inside one of your running jobs")
+    p.add_argument("job_id", metavar="JOBID", help="the job's id, e.g. 123 or 123.server")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND",
+                   help="what to run, as the job's user in its folder and environment "
+                        "(default: a login shell)")
     p = command("demo", demo, "run a sample job through starter, daemon and Docker")
     p.add_argument("--user", default="cbatch-demo", help="user to run the job as (made if absent)")
     p.add_argument("--keep", action="store_true", help="keep the demo's temporary files")

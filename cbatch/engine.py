@@ -153,6 +153,35 @@ class Engine:
         with _translate("be resized", container_id=container_id):
             self.api.resize(container_id, height=rows, width=cols)
 
+    def exec_start(self, container_id: str, argv: list[str], user: str, workdir: str,
+                   tty: bool) -> tuple[str, socket.socket]:
+        """Run argv in a running container as `user` ("uid:gid"): (exec id, its stream).
+
+        Docker gives the process the container's environment, supplementary groups
+        (GroupAdd), capabilities and no-new-privileges; never privileged. Without a tty
+        the stream is multiplexed as attach's is; shutting its write side ends stdin.
+        """
+        with _translate("run a command", container_id=container_id):
+            created = self.api.exec_create(container_id, argv, stdout=True, stderr=True,
+                                           stdin=True, tty=tty, privileged=False, user=user,
+                                           workdir=workdir or None)
+            raw = self.api.exec_start(created["Id"], tty=tty, socket=True)
+            sock = getattr(raw, "_sock", raw)
+            if sock is not raw:
+                raw.close()
+            sock.settimeout(None)
+            return created["Id"], sock
+
+    def exec_resize(self, exec_id: str, rows: int, cols: int) -> None:
+        with _translate("resize a command's terminal"):
+            self.api.exec_resize(exec_id, height=rows, width=cols)
+
+    def exec_status(self, exec_id: str) -> int | None:
+        """The command's exit status once it has ended, else None."""
+        with _translate("inspect a command"):
+            state = self.api.exec_inspect(exec_id)
+            return None if state.get("Running") else int(state.get("ExitCode") or 0)
+
     def start(self, container_id: str) -> None:
         with _translate("start", container_id=container_id):
             self.api.start(container_id)

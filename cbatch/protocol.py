@@ -36,6 +36,8 @@ KIND_RESIZE = "resize"  # starter -> daemon: {"winsize": [rows, cols]} of an int
 KIND_EXIT = "exit"  # daemon -> starter: {"status": N, "signal": N|null}
 KIND_ERROR = "error"  # daemon -> starter: {"message": str, "status": N}
 KIND_ADMIN = "admin"  # admin CLI -> daemon: {"op": ...}
+KIND_EXEC = "exec"  # cbatch exec -> daemon: {"v", "job_id", "argv", "tty", "winsize"}; then
+#                     input (payload; {"eof": true} ends stdin), resize; back: output, exit
 KIND_REPLY = "reply"  # daemon -> admin CLI: {"ok": bool, ...}
 
 # The signals pbs_mom sends a job (qdel, walltime, qsig, suspend/resume) that the starter

@@ -19,6 +19,7 @@ import structlog
 
 from cbatch import adminops as admin
 from cbatch import adopt, binds, cgroups, demux, directives, keeper, outputs, peer, policy
+from cbatch import jobexec
 from cbatch import protocol
 from cbatch import reconcile, spec, storage, terminal, torque
 from cbatch.config import Config
@@ -70,6 +71,8 @@ class Session:
             if header["t"] == protocol.KIND_ADMIN:
                 self._admin(header)
                 return
+            if header["t"] == protocol.KIND_EXEC:  # cbatch exec; answered and logged there
+                return jobexec.serve(self.conn, self.cfg, header, self.engine_factory, self.log)
             self.marks["request"] = time.monotonic()
             job = self._prove(header, payload)
             self.marks["verified"] = time.monotonic()
@@ -116,7 +119,7 @@ class Session:
             raise ProtocolError("the starter closed the connection before its request") from None
         except (protocol.ProtocolError, socket.timeout, OSError) as exc:
             raise ProtocolError(f"bad request from cbatch-starter: {exc}") from exc
-        if header.get("t") == protocol.KIND_ADMIN:
+        if header.get("t") in (protocol.KIND_ADMIN, protocol.KIND_EXEC):
             return header, payload
         if header.get("t") != protocol.KIND_REQUEST:
             raise ProtocolError(f"expected a request, got {str(header.get('t'))[:40]!r}")
