@@ -86,7 +86,8 @@ def node_state() -> str:
 def node_message() -> str:
     out = subprocess.run([str(BIN / "pbsnodes"), os.uname().nodename], capture_output=True,
                          text=True, timeout=30).stdout
-    match = re.search(r"^\s+message = (.*)$", out, re.M)
+    # the health check's words travel in the node's status, as message=...
+    match = re.search(r"(?:^\s+message = |[,=]message=)([^,\n]*)", out, re.M)
     return match.group(1) if match else ""
 
 
@@ -219,9 +220,20 @@ class CbatchNode:
             self.settings.setdefault(key, {}).update(value)
         self.config_path.write_text(json.dumps(self.settings, indent=2))
         self.proc: subprocess.Popen | None = None
-        self.env: dict[str, str] = {}
+        self.env: dict[str, str] = {}  # cbatchd's extra environment (DOCKER_HOST)
+        self.health_env: dict[str, str] = {}  # the health check's, likewise
+
+    def write_health_check(self, path: Path) -> None:
+        """The $node_check_script pbs_mom runs as root: `cbatch health` for this daemon."""
+        env_file = self.root / "health.env"
+        env_file.write_text("")
+        path.write_text(f"#!/bin/sh\nset -a; . {env_file}; set +a\n"
+                        f"exec {BIN}/cbatch --config {self.config_path} health\n")
+        os.chmod(path, 0o755)
 
     def start(self) -> None:
+        (self.root / "health.env").write_text(
+            "".join(f"{k}={v}\n" for k, v in self.health_env.items()))
         SOCKET.unlink(missing_ok=True)
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen([str(BIN / "cbatchd"), "--config",
@@ -272,9 +284,11 @@ def containers(api, job_id: str) -> list[dict]:
 
 
 def parse_duration(text: str) -> int:
-    """Torque's HH:MM:SS (resources_used.cput) in seconds."""
-    h, m, s = (int(x) for x in text.split(":"))
-    return h * 3600 + m * 60 + s
+    """Torque's HH:MM:SS (qstat) or plain seconds (accounting records) in seconds."""
+    seconds = 0
+    for part in text.split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds
 
 
 def mem_kb(text: str) -> int:

@@ -81,9 +81,7 @@ def node(mom, tq_image, tq_user):
     """cbatchd for the tier; pbs_mom runs every job through cbatch-starter."""
     n = torque.CbatchNode({IMAGE: tq_image}, IMAGE,
                           {"container": {"sweep_interval_s": 5}})
-    mom.health.write_text(f"#!/bin/sh\nexec {torque.BIN}/cbatch --config {n.config_path} "
-                          "health\n")
-    os.chmod(mom.health, 0o755)
+    n.write_health_check(mom.health)
     n.start()
     mom.use(True)
     yield n
