@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from cbatch import protocol
 from tests.e2e.conftest import GROUP, make_daemon
+from tests.harness import attacker as attack
 
 pytestmark = [pytest.mark.docker, pytest.mark.harness]
 
@@ -202,106 +203,22 @@ def test_a_connection_flood_from_one_user_does_not_starve_the_others(image_ids, 
         d.cleanup()
 
 
-# The job's environment reaches pbs_mom's exec of the starter (qsub -v): code it names must
-# not run on the host. Each payload appends "<pid namespace> <program>" to a marker file;
-# lines from the host's pid namespace would be code run outside the container.
-EVIL_SO = r"""
-#include <fcntl.h>
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
-static void mark(const char *how) {
-    char ns[64] = "", exe[256] = "", line[400];
-    if (readlink("/proc/self/ns/pid", ns, sizeof ns - 1) < 0 || readlink("/proc/self/exe", exe, sizeof exe - 1) < 0)
-        return;
-    int fd = open(MARKER, O_WRONLY | O_APPEND | O_CREAT, 0666);
-    int n = snprintf(line, sizeof line, "%s %s %s\n", ns, exe, how);
-    if (fd >= 0 && write(fd, line, (size_t)n) == n)
-        close(fd);
-}
-__attribute__((constructor)) static void loaded(void) { mark("constructor"); }
-unsigned int la_version(unsigned int version) { mark("audit"); return version; }
-"""
-EVIL_PY = ("import os\n"  # os-level calls: under PYTHONHOME it runs before io exists
-           "fd = os.open({marker!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)\n"
-           "os.write(fd, (os.readlink('/proc/self/ns/pid') + ' python ' + __name__ + '\\n').encode())\n")
-
-
 @pytest.fixture(scope="module")
 def attacker(test_user):
-    """The test user's own attack kit in their home, as a job owner could leave it."""
-    import shutil
-    import subprocess
-    import sys
-    home = Path(test_user.pw_dir)
-    kit = home / "evil"
-    marker = kit / "marker"
-    shutil.rmtree(kit, ignore_errors=True)
-    (kit / "lib").mkdir(parents=True)
-    (kit / "evil.c").write_text(EVIL_SO)
-    subprocess.run(["cc", "-shared", "-fPIC", f'-DMARKER="{marker}"', "-o", str(kit / "lib" / "libevil.so"),
-                    str(kit / "evil.c")], check=True)
-    payload = EVIL_PY.format(marker=str(marker))
-    py = kit / "py"  # PYTHONPATH: modules an interpreted starter would import first
-    for name in ("sitecustomize.py", "usercustomize.py", "selectors.py", "cbatch/__init__.py"):
-        (py / name).parent.mkdir(parents=True, exist_ok=True)
-        (py / name).write_text(payload)
-    stdlib = Path(f"/usr/lib/python{sys.version_info.major}.{sys.version_info.minor}")
-    pyhome = kit / "home" / "lib" / stdlib.name  # PYTHONHOME: the stdlib, its encodings replaced
-    (pyhome / "encodings").mkdir(parents=True)
-    for entry in stdlib.iterdir():
-        if entry.name != "encodings":
-            (pyhome / entry.name).symlink_to(entry)
-    for entry in (stdlib / "encodings").iterdir():
-        if entry.name != "__init__.py":
-            (pyhome / "encodings" / entry.name).symlink_to(entry)
-    (pyhome / "encodings" / "__init__.py").write_text(payload)
-    usersite = home / ".local" / "lib" / stdlib.name / "site-packages"
-    usersite.mkdir(parents=True, exist_ok=True)
-    for path in (kit, *kit.rglob("*"), home / ".local", *(home / ".local").rglob("*")):
-        os.lchown(path, test_user.pw_uid, test_user.pw_gid)
-    yield {"marker": marker, "kit": kit, "usersite": usersite, "payload": payload}
-    shutil.rmtree(kit, ignore_errors=True)
-    shutil.rmtree(home / ".local", ignore_errors=True)
+    kit = attack.build(test_user)
+    yield kit
+    attack.remove(test_user)
 
 
-VECTORS = {  # name: (job environment, a dynamically linked or interpreted program it hijacks)
-    "PYTHONPATH": ({"PYTHONPATH": "{kit}/py"}, "/usr/bin/python3"),
-    "PYTHONHOME": ({"PYTHONHOME": "{kit}/home"}, "/usr/bin/python3"),
-    "usercustomize": ({}, "/usr/bin/python3"),
-    "LD_PRELOAD": ({"LD_PRELOAD": "{kit}/lib/libevil.so"}, "/bin/true"),
-    "LD_LIBRARY_PATH": ({"LD_LIBRARY_PATH": "{kit}/lib", "LD_PRELOAD": "libevil.so"}, "/bin/true"),
-    "LD_AUDIT": ({"LD_AUDIT": "{kit}/lib/libevil.so"}, "/bin/true"),
-}
-
-
-def _host_marks(marker: Path) -> list[str]:
-    host = os.readlink("/proc/self/ns/pid")
-    lines = marker.read_text().splitlines() if marker.exists() else []
-    return [line for line in lines if line.split(" ")[0] == host]
-
-
-@pytest.mark.parametrize("vector", VECTORS)
+@pytest.mark.parametrize("vector", attack.VECTORS)
 def test_code_named_by_the_jobs_environment_never_runs_on_the_host(attacker, run, test_user,
                                                                   vector):
-    import subprocess
-    template, hijacked = VECTORS[vector]
-    env = {key: value.format(kit=attacker["kit"]) for key, value in template.items()}
-    usercustomize = attacker["usersite"] / "usercustomize.py"
-    if vector == "usercustomize":
-        usercustomize.write_text(attacker["payload"])
-        os.chown(usercustomize, test_user.pw_uid, test_user.pw_gid)
+    env = attack.arm(attacker, test_user, vector)
     try:
-        attacker["marker"].unlink(missing_ok=True)
-        # the kit is live: the same environment hijacks a program of the starter's old kind
-        subprocess.run([hijacked, *(["-c", "pass"] if "python" in hijacked else [])],
-                       user=test_user.pw_uid, group=test_user.pw_gid, extra_groups=[],
-                       cwd=test_user.pw_dir, capture_output=True,
-                       env={"PATH": "/usr/bin:/bin", "HOME": test_user.pw_dir, **env})
-        assert _host_marks(attacker["marker"]), f"the {vector} kit did not fire on the host"
-        attacker["marker"].unlink()
+        assert attack.fires_on_host(attacker, test_user, env, attack.VECTORS[vector][1]), \
+            f"the {vector} kit did not fire on the host"
         result = run("#!/bin/bash\nhead -1 /etc/os-release\n", job_env=env)
         assert (result.status, result.out) == (0, "ID=alpha\n"), result.err
-        assert _host_marks(attacker["marker"]) == []
+        assert attack.host_marks(attacker["marker"]) == []
     finally:
-        usercustomize.unlink(missing_ok=True)
+        attack.disarm(attacker)
