@@ -83,6 +83,8 @@ class Config:
     keeper: Path = Path(sysconfig.get_path("scripts")) / "cbatch-keeper"
     log_format: str = "json"
     log_level: str = "info"
+    metrics_textfile: Path | None = None  # node_exporter's textfile collector; None: off
+    metrics_interval_s: float = 15.0
     source: Path | None = None
 
     def image(self, alias: str) -> Image | None:
@@ -245,6 +247,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
     images = top.section("images")
     container = top.section("container")
     logging_ = top.section("logging")
+    metrics = top.section("metrics")
     d = Config()
     fields: dict[str, Any] = dict(
         socket_path=_absolute(sock, "path", str(d.socket_path)),
@@ -276,6 +279,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
         keeper=_absolute(container, "keeper", str(d.keeper)),
         log_format=logging_.choice("format", LOG_FORMATS, d.log_format),
         log_level=logging_.choice("level", ("debug", "info", "warning", "error"), d.log_level),
+        metrics_textfile=_absolute(metrics, "textfile", None),
+        metrics_interval_s=float(metrics.get("interval_s", (int, float), d.metrics_interval_s)),
         source=source,
     )
     if fields["max_connections_per_user"] < 1:
@@ -287,6 +292,11 @@ def parse(data: Any, source: Path | None = None) -> Config:
         raise sock.fail("request_timeout_s", "must be between 0.1 and 300 seconds")
     if fields["sweep_interval_s"] < 1:
         raise container.fail("sweep_interval_s", "must be at least 1 second")
+    if fields["metrics_textfile"] is not None and not str(
+            fields["metrics_textfile"]).endswith(".prom"):
+        raise metrics.fail("textfile", "must end in .prom (node_exporter reads only those)")
+    if not 1 <= fields["metrics_interval_s"] <= 3600:
+        raise metrics.fail("interval_s", "must be between 1 and 3600 seconds")
     if fields["pids_limit"] < 16:
         raise container.fail("pids_limit", "must be at least 16")
 
@@ -328,7 +338,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         entry.finish()
     fields["mounts"] = tuple(parsed_mounts)
 
-    for sec in (sock, torque, jobs, images, container, logging_, top):
+    for sec in (sock, torque, jobs, images, container, logging_, metrics, top):
         sec.finish()
     return Config(**fields)
 

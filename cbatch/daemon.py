@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from cbatch import config, logs, nofile, outputs, protocol, reconcile, server, systemd
+from cbatch import config, logs, metrics, nofile, outputs, protocol, reconcile, server, systemd
 from cbatch.engine import Engine
 from cbatch.errors import EXIT_NODE_FAILURE, CbatchError, ConfigError
 from cbatch.session import Session
@@ -37,6 +37,7 @@ class Daemon:
         self.log = structlog.get_logger("cbatchd")
         self.sessions: set[Session] = set()
         self.lock = threading.Lock()
+        self.metrics_failing = False  # the textfile's last write failed (logged once)
 
     def serve(self) -> int:
         self._check_nofile(self.cfg)
@@ -63,14 +64,19 @@ class Daemon:
         # systemd restarts a daemon whose loop stops turning; pings come from the loop only
         ping_every = systemd.watchdog_interval_s()
         next_ping = time.monotonic() if ping_every else float("inf")
+        metrics.watch_running(self._running)
+        next_metrics = time.monotonic()
         backoff, resume_at = 0.0, None  # accept's pause after a failure, when it ends
         try:
             while True:
-                wake_at = min(next_sweep, next_ping, resume_at or float("inf"))
+                wake_at = min(next_sweep, next_ping, next_metrics, resume_at or float("inf"))
                 events = selector.select(timeout=max(0.0, wake_at - time.monotonic()))
                 if time.monotonic() >= next_ping:
                     systemd.notify("WATCHDOG=1")
                     next_ping = time.monotonic() + ping_every
+                if time.monotonic() >= next_metrics:
+                    self.write_metrics()
+                    next_metrics = time.monotonic() + self.cfg.metrics_interval_s
                 if time.monotonic() >= next_sweep:  # even on a busy node
                     self.sweep()
                     next_sweep = time.monotonic() + self.cfg.sweep_interval_s
@@ -97,6 +103,26 @@ class Daemon:
                             return self.stop(listener)
         finally:
             signal.set_wakeup_fd(-1)
+
+    def _running(self) -> int:
+        with self.lock:
+            return sum(1 for s in self.sessions if s.container_id and not s.done.is_set())
+
+    def write_metrics(self) -> None:
+        """Rewrite the textfile (when configured); a failure is logged once, not per turn."""
+        path = self.cfg.metrics_textfile
+        if path is None:
+            return
+        try:
+            metrics.write(path)
+        except OSError as exc:
+            if not self.metrics_failing:
+                self.log.error("metrics_not_written", path=str(path), reason=exc.strerror)
+            self.metrics_failing = True
+            return
+        if self.metrics_failing:
+            self.log.info("metrics_written", path=str(path))
+        self.metrics_failing = False
 
     def _handle(self, conn: socket.socket) -> None:
         session = Session(conn, self.cfg)
@@ -166,6 +192,7 @@ class Daemon:
 
     def stop(self, listener: socket.socket) -> int:
         systemd.notify("STOPPING=1")
+        self.write_metrics()
         listener.close()
         try:
             os.unlink(self.cfg.socket_path)

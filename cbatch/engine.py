@@ -16,6 +16,7 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
+from cbatch import metrics
 from cbatch.errors import ContainerFailed, EngineError, EngineUnavailable, ImageUnavailable
 from cbatch.spec import LABEL, ContainerSpec
 
@@ -100,7 +101,12 @@ class Engine:
                     self.api.inspect_image(ref)
                 except docker.errors.ImageNotFound:
                     repo, _, digest = ref.partition("@")
-                    self.api.pull(repo, tag=digest)
+                    try:
+                        self.api.pull(repo, tag=digest)
+                    except Exception:
+                        metrics.pulled(ok=False)
+                        raise
+                    metrics.pulled(ok=True)
                 _present.add(ref)
 
     def cgroup_driver(self) -> str:

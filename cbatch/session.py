@@ -19,7 +19,7 @@ import structlog
 
 from cbatch import adminops as admin
 from cbatch import adopt, binds, cgroups, demux, directives, keeper, outputs, peer, policy
-from cbatch import jobexec
+from cbatch import jobexec, metrics
 from cbatch import protocol
 from cbatch import reconcile, spec, storage, terminal, torque
 from cbatch.config import Config
@@ -268,6 +268,7 @@ class Session:
         if existing.get("State") == "created":  # the old daemon stopped before starting it
             self.engine.start(self.container_id)
         self.log.info("job_resumed", state=existing.get("State"))
+        metrics.resumed()
 
     def _create(self, container: spec.ContainerSpec) -> str:
         """Create the job's container; a stale one of the same job (requeue) is replaced."""
@@ -398,6 +399,7 @@ class Session:
             message = message or tmp_full
         self.done.set()
         self._send(protocol.KIND_EXIT, status=status, signal=signum, message=message)
+        metrics.job_ended("oom" if state.get("OOMKilled") else "ran", self.marks)
         self.log.info("job_finished", exit_status=status, signal=signum,
                       oom_killed=bool(state.get("OOMKilled")),
                       starter_gone=self.starter_gone.is_set(), told_by=self.status_source,
@@ -433,6 +435,8 @@ class Session:
             self.log.error("job_failed", exit_status=exc.exit_status,
                            cause=repr(exc.__cause__) if exc.__cause__ else None, **fields)
         self._send(protocol.KIND_ERROR, status=exc.exit_status, message=str(exc))
+        metrics.job_ended("refused" if exc.exit_status == EXIT_REFUSED else "node_failure",
+                          self.marks)
 
     def _cleanup(self) -> None:
         self.done.set()

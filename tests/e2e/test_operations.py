@@ -91,3 +91,63 @@ def test_unwritable_log_file_is_one_line_and_no_daemon(tmp_path, image_ids, site
     assert result.returncode == 1
     assert result.stderr == (f"cbatchd: cannot open the log file {tmp_path}/no/such/dir.log: "
                              "No such file or directory\n")
+
+
+def _samples(path) -> dict[tuple, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(path.read_text())
+            for s in family.samples}
+
+
+def _jobs(samples: dict, outcome: str) -> float:
+    return samples[("cbatch_jobs_total", (("outcome", outcome),))]
+
+
+def _wait_for(path, check, timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = _samples(path) if path.exists() else {}
+        if samples and check(samples):
+            return samples
+        assert time.monotonic() < deadline, samples
+        time.sleep(0.2)
+
+
+def test_metrics_count_jobs_by_outcome_for_node_exporter(image_ids, site_dirs, test_user, run,
+                                                          submit):
+    d = make_daemon(image_ids, site_dirs)
+    textfile = d.root / "textfile" / "cbatch.prom"
+    textfile.parent.mkdir()
+    settings = dict(d.settings, metrics={"textfile": str(textfile), "interval_s": 1})
+    settings["images"]["aliases"]["gone"] = {"ref": "sha256:" + "0" * 64}
+    d.write_config(settings)
+    d.start()
+    try:
+        limit = 64 * 2**20
+        assert run("#!/bin/bash\nexit 3\n", d=d).status == 3  # ran, whatever its status
+        assert run("#!/bin/bash\n#CBATCH image=nope\ntrue\n", d=d).status == 126
+        assert run("#!/bin/bash\n#CBATCH image=gone\ntrue\n", d=d).status == 125
+        assert run("#!/bin/bash\nx=$(yes | head -c 300M)\n", d=d,
+                   rlimits={"rss": (limit, limit)}).status == 137
+        sleeper = submit("#!/bin/bash\nsleep 4\nexit 0\n", d=d)
+        d.wait_for_event("container_started", job_id=sleeper.spec.job_id)
+        samples = _wait_for(textfile, lambda s: s[("cbatch_containers_running", ())] == 1)
+        # the OOM-killed job counts as oom exactly when the daemon's record names it so
+        ooms = sum(r["oom_killed"] for r in d.events("job_finished"))
+        assert {o: _jobs(samples, o) for o in ("ran", "refused", "node_failure", "oom")} == {
+            "ran": 2 - ooms, "refused": 1, "node_failure": 1, "oom": ooms}
+        assert samples[("cbatch_launch_seconds_count", ())] == 2  # the two that started
+        assert 0 < samples[("cbatch_launch_seconds_sum", ())] < 30
+        assert samples[("cbatch_reconnects_total", ())] == 0
+        assert not list(textfile.parent.glob("*.tmp*"))  # written by rename, nothing left
+
+        d.stop()  # a restart under the running job: its starter reconnects
+        d.start()
+        assert sleeper.wait(30) == 0
+        samples = _wait_for(textfile, lambda s: _jobs(s, "ran") == 1)
+        assert samples[("cbatch_reconnects_total", ())] == 1
+        assert samples[("cbatch_containers_running", ())] == 0
+        assert _jobs(samples, "refused") == 0  # a new daemon counts from zero
+    finally:
+        d.cleanup()

@@ -1,6 +1,8 @@
 """Which images `cbatch images prune` may pick among many kinds at once (the engine mocked
 at its boundary; the real engine's list, pull, prune and refusal are in e2e/test_registry)."""
 
+import pytest
+
 from cbatch import config, imageset
 from cbatch import engine as engine_
 
@@ -75,3 +77,23 @@ def test_pull_failures_are_worded_for_the_admin(mocker):
         "pinned digest and the node's registry login")
     assert outcomes["gone"] == ("failed: Docker is not answering on this node (Connection "
                                 "aborted: No such file); start dockerd or check DOCKER_HOST")
+
+
+def test_pulls_are_counted_for_metrics(mocker):
+    import docker
+
+    from cbatch import metrics
+
+    mocker.patch.object(engine_, "_present", set())
+
+    def count(result):
+        return metrics.REGISTRY.get_sample_value("cbatch_image_pulls_total", {"result": result})
+
+    before = count("ok"), count("failed")
+    engine = _engine_whose_pull(mocker, None)
+    engine.ensure_image(f"{REPO}@{PIN}", "missing")
+    failing = _engine_whose_pull(mocker, docker.errors.APIError("500 Server Error"))
+    mocker.patch.object(engine_, "_present", set())
+    with pytest.raises(engine_.EngineError):
+        failing.ensure_image(f"{REPO}@{PIN}", "missing")
+    assert (count("ok"), count("failed")) == (before[0] + 1, before[1] + 1)
