@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,14 @@ def test_demo_runs_a_job_through_starter_daemon_and_docker(test_user, api):
     assert f"user: uid={test_user.pw_uid}({USER})" in result.stdout
     assert f"cwd:  /home/{USER}   umask: 0077   args: first second" in result.stdout
     assert "exit_status=3" in result.stdout
+    # a newcomer sees the script, the image, the container and the daemon's account
+    out = result.stdout
+    assert "#CBATCH image=demo\n" in out and "alias demo -> sha256:" in out
+    assert re.search(r"cbatch-1\.demo, id [0-9a-f]{12}, removed", out), out
+    assert re.search(r"os:   cbatch-demo   programs in /usr/bin: \d\d\n", out) or \
+        "the site's default" in out, out
+    assert re.search(r"^job_finished: .*exit_status=3", out, re.M), out
+    assert re.search(r"^container_removed: ", out, re.M), out
 
 
 def test_health_is_silent_when_good_and_one_error_line_when_not(daemon):
