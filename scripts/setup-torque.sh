@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Build and start a real single-node Torque 6.1 for the real-Torque test tier (tests/torque),
+# with the build script and source tarball that ship beside this project (shared/torque:
+# build-torque.sh). Idempotent: an installed Torque is only started. Run as root.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+for dir in "${CBATCH_TORQUE_KIT:-}" "$here/../shared/torque" /work/shared/torque; do
+    if [ -n "$dir" ] && [ -x "$dir/build-torque.sh" ]; then
+        exec bash "$dir/build-torque.sh"
+    fi
+done
+echo "setup-torque: no build-torque.sh found; set CBATCH_TORQUE_KIT to its folder" >&2
+exit 1
