@@ -21,3 +21,30 @@ def torque_parent(job_id: str, driver: str, root: Path = ROOT) -> str | None:
     if (root / "cpuacct" / "torque" / job_id).is_dir():
         return f"/torque/{job_id}"
     return None
+
+
+def oom_kills(pid: int, root: Path = ROOT, proc: Path = Path("/proc")) -> int:
+    """How many processes the kernel's OOM killer took in pid's memory cgroup (v1's
+    memory.oom_control, v2's memory.events): Docker only flags OOMKilled once the
+    container has exited, and a job's end is known before that."""
+    try:
+        lines = (proc / str(pid) / "cgroup").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            files = [root / "memory" / path.lstrip("/") / "memory.oom_control"]
+        elif controllers == "":
+            files = [root / path.lstrip("/") / "memory.events"]
+        else:
+            continue
+        for name in files:
+            try:
+                for row in name.read_text().splitlines():
+                    key, _, value = row.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+            except (OSError, ValueError):
+                continue
+    return 0

@@ -279,13 +279,14 @@ class Started:
 def run(spec: JobSpec) -> tuple[int, float]:
     """The pbs_mom side of one job: start it, obey commands, return Torque's exit_status."""
     ctypes.CDLL(None).prctl(_PR_SET_NAME, b"pbs_mom", 0, 0, 0)
+    began = time.time()
     job = _start(spec)
     print(json.dumps({"starter_pid": job.starter}), flush=True)
     overlimit = threading.Event()
     threading.Thread(target=_commands, args=(job, spec, paths(spec), overlimit),
                      daemon=True).start()
     status, starter_s = _reap(job)
-    for sid in adopted_sessions(spec):  # the job is over: what it adopted goes with it
+    for sid in adopted_sessions(spec, began):  # the job is over: what it adopted goes too
         kill_session(sid, signal.SIGKILL)
     if overlimit.is_set():
         return -11, starter_s  # JOB_EXEC_OVERLIMIT_WT: pbs_mom's code wins over the starter's
@@ -456,16 +457,19 @@ def pbs_track(torque_home: Path, argv: list[str]) -> int:
         print(f"pbs_track: permission denied: (null) ({TM_EPERM})", file=sys.stderr)
         return 1
     with open(torque_home / ADOPTED / job_id, "a") as record:
-        record.write(f"{sid} {pid}\n")
+        record.write(f"{sid} {pid} {time.time():.3f}\n")
     return 0
 
 
-def adopted_sessions(spec: JobSpec) -> list[int]:
+def adopted_sessions(spec: JobSpec, since: float = 0.0) -> list[int]:
+    """The sessions adopted into this job (since a time: this run's, not an earlier
+    run's of the same job id)."""
     try:
         text = (Path(spec.torque_home) / ADOPTED / spec.job_id).read_text()
     except FileNotFoundError:
         return []
-    return [int(line.split()[0]) for line in text.splitlines() if line.strip()]
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    return [int(row[0]) for row in rows if float(row[2]) >= since]
 
 
 def _main() -> None:

@@ -378,15 +378,9 @@ class Session:
                               "this node; it can be requeued", exit_code=status)
         if self.adoption is not None:  # pbs_mom must know the container before the end
             self.adoption.join(adopt.TIMEOUT_S + 1)
-        # Docker flags OOMKilled when any process of the job was OOM-killed, even if the
-        # job lived on: worth the one round trip, so the owner learns why.
-        try:
-            state = self.engine.inspect(self.container_id).get("State", {})
-        except CbatchError as exc:  # the job's end is known; only the OOM word is lost
-            self.log.warning("inspect_failed", **exc.log_fields())
-            state = {}
+        oom_killed = self._oom_killed()
         message = None
-        if state.get("OOMKilled"):
+        if oom_killed:
             limit = self.job.rlimits.get("rss", (-1, -1))[0]
             size = f" of {limit / 2**20:.0f} MiB" if limit > 0 else ""
             what = ("job killed" if status == 128 + signal.SIGKILL
@@ -399,11 +393,25 @@ class Session:
             message = message or tmp_full
         self.done.set()
         self._send(protocol.KIND_EXIT, status=status, signal=signum, message=message)
-        metrics.job_ended("oom" if state.get("OOMKilled") else "ran", self.marks)
+        metrics.job_ended("oom" if oom_killed else "ran", self.marks)
         self.log.info("job_finished", exit_status=status, signal=signum,
-                      oom_killed=bool(state.get("OOMKilled")),
+                      oom_killed=oom_killed,
                       starter_gone=self.starter_gone.is_set(), told_by=self.status_source,
                       duration_s=round(time.monotonic() - started, 3), phases_ms=self._phases())
+
+    def _oom_killed(self) -> bool:
+        """Was any process of the job OOM-killed (even if the job lived on)? Worth the
+        round trip, so the owner learns why. Docker flags it only once the container has
+        exited; while the keeper holds it, the container's memory cgroup tells."""
+        try:
+            state = self.engine.inspect(self.container_id).get("State", {})
+        except CbatchError as exc:  # the job's end is known; only the OOM word is lost
+            self.log.warning("inspect_failed", **exc.log_fields())
+            return False
+        if state.get("OOMKilled"):
+            return True
+        return bool(state.get("Running") and state.get("Pid")
+                    and cgroups.oom_kills(int(state["Pid"])) > 0)
 
     def _hold_for_accounting(self) -> None:
         """Keep an adopted container's keeper alive until pbs_mom has counted it.

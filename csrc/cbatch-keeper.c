@@ -10,8 +10,10 @@
  * children's times (cutime/cstime), until it is killed: pbs_mom samples an adopted
  * container's processes once more when the starter exits, and this is what it counts.
  *
- * The keeper ignores every catchable signal: the job's signals are for the job, which gets
- * them from cbatchd and pbs_mom directly. When the status cannot be handed over (no
+ * The keeper passes a signal on to the job's shell only when docker-init sent it (a
+ * `docker kill`/`docker stop` of the container reaches pid 1, which forwards it here);
+ * it ignores signals from the host: cbatchd and pbs_mom signal every process of the job
+ * themselves, and the keeper must outlive the job. When the status cannot be handed over (no
  * reader: an older or restarting daemon), it exits with the job's status instead, so the
  * container's own exit code carries it. A safety limit ends the wait after KEEP_S seconds.
  * Statically linked: it runs in any image, whatever C library the image has or lacks.
@@ -27,6 +29,14 @@
 #include <unistd.h>
 
 #define KEEP_S 600
+
+static volatile pid_t child = 0;
+
+static void pass_on(int sig, siginfo_t *info, void *context) {
+    (void)context;
+    if (info != NULL && info->si_pid == 1 && child > 0) /* from docker-init, not the host */
+        kill(child, sig);
+}
 
 static int container_status(int status) {
     if (WIFSIGNALED(status))
@@ -48,10 +58,15 @@ int main(int argc, char **argv) {
         return 125;
     }
     int fifo = open(argv[1], O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = pass_on;
+    action.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigfillset(&action.sa_mask);
     for (int sig = 1; sig < NSIG; sig++)
         if (sig != SIGCHLD)
-            signal(sig, SIG_IGN);
-    pid_t child = fork();
+            sigaction(sig, &action, NULL); /* fails harmlessly for KILL and STOP */
+    child = fork();
     if (child < 0) {
         fprintf(stderr, "cbatch-keeper: cannot fork: %s\n", strerror(errno));
         return 125;

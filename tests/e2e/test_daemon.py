@@ -87,7 +87,7 @@ def test_sighup_reloads_policy_and_a_broken_file_keeps_the_old_one(fresh_daemon,
 def test_stale_socket_is_replaced_but_a_regular_file_is_not(fresh_daemon):
     fresh_daemon.socket.parent.mkdir(parents=True, exist_ok=True)
     fresh_daemon.socket.write_text("not a socket")
-    proc = subprocess.run(["python3", "-m", "cbatch.daemon", "--config",
+    proc = subprocess.run(["/usr/bin/python3", "-m", "cbatch.daemon", "--config",
                            str(fresh_daemon.config_path)], capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 1 and "is not a socket; refusing to replace it" in proc.stderr
