@@ -99,3 +99,17 @@ def _libraries(binary: Path) -> list[Path]:
         missing = [line.split()[0] for line in done.stdout.splitlines() if "not found" in line]
         raise ValueError(f"{binary} needs libraries this node lacks: {', '.join(missing)}")
     return [Path(p) for p in _LIBRARY.findall(done.stdout)]  # copied under these names
+
+
+_bundles: dict[tuple, Bundle] = {}
+
+
+def for_config(cfg) -> Bundle | None:
+    """The bundle for a policy's `torque.clients` (gathered once per list), or None."""
+    if not cfg.clients:
+        return None
+    key = (cfg.clients, cfg.clients_dir, cfg.torque_home)
+    if key not in _bundles:
+        _bundles.clear()
+        _bundles[key] = gather(cfg.clients, cfg.clients_dir, cfg.torque_home)
+    return _bundles[key]

@@ -65,6 +65,7 @@ class Config:
     require_pbs_mom_parent: bool = True
     job_cgroup: bool = True  # put containers under Torque's torque/<job id> cgroup if present
     pbs_track: Path | None = Path("/usr/local/bin/pbs_track")  # adopt when no job cgroup
+    clients: tuple[Path, ...] = ()  # Torque clients every container gets (clients.py)
     allow_root: bool = False
     min_uid: int = 1000
     drop_env: tuple[str, ...] = ()
@@ -94,6 +95,11 @@ class Config:
     def placeholder_dir(self) -> Path:
         """Where the daemon mounts job output files for Docker (beside its socket)."""
         return self.socket_path.parent / "out"
+
+    @property
+    def clients_dir(self) -> Path:
+        """Where the daemon gathers the Torque clients for containers (clients.py)."""
+        return self.socket_path.parent / "torque-clients"
 
     @property
     def exit_dir(self) -> Path:
@@ -206,6 +212,14 @@ def _roots(sec: _Section, key: str) -> tuple[Path, ...]:
     return tuple(Path(r) for r in roots)
 
 
+def _paths(sec: _Section, key: str) -> tuple[Path, ...]:
+    paths = sec.names(key)
+    for path in paths:
+        if not path.startswith("/"):
+            raise sec.fail(key, f"must list absolute paths, not {path!r}")
+    return tuple(Path(p) for p in paths)
+
+
 def _size(sec: _Section, key: str, default: int | None) -> int | None:
     """A size in bytes: an integer, or digits with k, m, g or t (binary units, as tmpfs
     reads them); null when the key says null."""
@@ -263,6 +277,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         job_cgroup=torque.get("job_cgroup", bool, True),
         pbs_track=(_absolute(torque, "pbs_track", None) if "pbs_track" in torque.data
                    else d.pbs_track),  # null turns adoption off
+        clients=_paths(torque, "clients"),
         allow_root=jobs.get("allow_root", bool, False),
         min_uid=jobs.get("min_uid", int, d.min_uid),
         drop_env=jobs.names("drop_env"),

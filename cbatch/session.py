@@ -18,7 +18,8 @@ from typing import Callable
 import structlog
 
 from cbatch import adminops as admin
-from cbatch import adopt, binds, cgroups, demux, directives, keeper, outputs, peer, policy
+from cbatch import adopt, binds, cgroups, clients, demux, directives, keeper, outputs, peer
+from cbatch import policy
 from cbatch import jobexec, metrics
 from cbatch import protocol
 from cbatch import reconcile, spec, storage, terminal, torque
@@ -175,7 +176,7 @@ class Session:
                                   "can be requeued; tell your admin", keeper=str(self.cfg.keeper))
         self.exit_channel = keeper.ExitChannel(self.cfg.exit_dir, job.container_name)
         self.exit_channel.create(job.uid, job.gid)
-        extra = plan.binds + (self.store.binds if self.store else ())
+        extra = plan.binds + (self.store.binds if self.store else ()) + _client_binds(self.cfg)
         container = spec.build(job, decision, mounts.binds, plan.stdout, plan.stderr, extra,
                                cgroup_parent=parent,
                                keeper=(self.cfg.keeper, self.exit_channel.path))
@@ -524,3 +525,15 @@ def _group_names(gids: tuple[int, ...]) -> frozenset[str]:
         except KeyError:
             continue
     return frozenset(names)
+
+
+def _client_binds(cfg: Config) -> tuple[binds.Bind, ...]:
+    """The node's Torque clients, when the policy gives them to containers."""
+    try:
+        bundle = clients.for_config(cfg)
+    except (OSError, ValueError) as exc:
+        raise ContainerFailed(f"cbatch could not prepare this node's Torque clients for the "
+                              f"job's container ({exc}); the job did not run; it can be "
+                              "requeued; tell your admin") from exc
+    return tuple(binds.Bind(m.source, m.target, m.read_only) for m in bundle.mounts) \
+        if bundle else ()
