@@ -36,6 +36,17 @@ _START = ("import os, signal, sys\n"
           "os.execv(sys.argv[1], sys.argv[1:])\n")
 
 
+def kit() -> Path:
+    """The folder with build-torque.sh and torque-multimom.sh (scripts/setup-torque.sh
+    looks in the same places)."""
+    here = Path(__file__).resolve().parents[2]
+    for folder in (os.environ.get("CBATCH_TORQUE_KIT", ""), here.parent / "shared" / "torque",
+                   "/work/shared/torque"):
+        if folder and (Path(folder) / "torque-multimom.sh").exists():
+            return Path(folder)
+    raise RuntimeError("no Torque kit (build-torque.sh) found: set CBATCH_TORQUE_KIT")
+
+
 def installed() -> bool:
     return (SBIN / "pbs_server").exists() and (SBIN / "pbs_mom").exists()
 
@@ -105,16 +116,38 @@ def ensure_running() -> None:
 
 
 def restart_mom(config_text: str) -> None:
-    """Write mom_priv/config and restart pbs_mom (a HUP keeps stale settings)."""
-    for pid in _pids("pbs_mom", SBIN / "pbs_mom"):
-        subprocess.run([str(SBIN / "momctl"), "-s"], capture_output=True, timeout=30)
-        try:
-            wait_for(lambda: not _pids("pbs_mom", SBIN / "pbs_mom"), 20, "pbs_mom to stop")
-        except AssertionError:
+    """Write mom_priv/config and restart every pbs_mom with the arguments it had (one, or
+    the two of a multi-mom node); a HUP keeps stale settings."""
+    moms = {pid: _cmdline(pid) for pid in _pids("pbs_mom", SBIN / "pbs_mom")}
+    for pid in moms:
+        os.kill(pid, signal.SIGTERM)  # pbs_mom leaves its jobs' processes running
+    try:
+        wait_for(lambda: not _pids("pbs_mom", SBIN / "pbs_mom"), 20, "pbs_mom to stop")
+    except AssertionError:
+        for pid in _pids("pbs_mom", SBIN / "pbs_mom"):
             os.kill(pid, signal.SIGKILL)
     MOM_CONFIG.write_text(config_text)
-    start_daemon(SBIN / "pbs_mom")
-    wait_for(lambda: node_state() == "free", 90, "the node to be free", step=0.5)
+    for argv in moms.values() or [[str(SBIN / "pbs_mom")]]:
+        start_daemon(SBIN / "pbs_mom", *argv[1:])
+    wait_for(lambda: all(state == "free" for state in node_states().values()), 90,
+             "the nodes to be free", step=0.5)
+
+
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [arg.decode() for arg in f.read().split(b"\0") if arg]
+
+
+def node_states() -> dict[str, str]:
+    out = subprocess.run([str(BIN / "pbsnodes"), "-a"], capture_output=True, text=True,
+                         timeout=30).stdout
+    return dict(re.findall(r"^(\S+)\n\s+state = (\S+)", out, re.M))
+
+
+def multi_mom() -> list[str]:
+    """The node names when this host runs a multi-mom cluster (torque-multimom.sh), else []."""
+    names = sorted(node_states())
+    return names if len(names) > 1 else []
 
 
 @dataclasses.dataclass
