@@ -1,7 +1,9 @@
 """cbatch benchmark suite: every figure side by side, interleaved, several rounds.
 
 Run as root on a node with Docker:  python3 bench/suite.py [--rounds N] [--quick] [--parts ...]
-Prints one table per part: min/median/max and ratios of medians. Nothing is asserted.
+Prints one table per part: min/median/max and ratios of medians, then every headline
+figure beside its baseline ratio and its target. Nothing is asserted. The node is shared
+and has 2 cores: absolute figures are noisy; the ratios of interleaved runs are what count.
 """
 
 from __future__ import annotations
@@ -21,17 +23,28 @@ from pathlib import Path
 
 import docker
 
-from cbatch import demo, engine, momjob, momsim
-from cbatch.localnode import LocalNode
+from cbatch import engine
+
+try:  # the harness modules' home from this version on
+    from cbatch.harness import demo, momjob, momsim
+    from cbatch.harness.localnode import LocalNode
+except ImportError:  # an install made before they moved
+    from cbatch import demo, momjob, momsim
+    from cbatch.localnode import LocalNode
 
 GIB = 2**30
 HERE = Path(__file__).resolve().parent
+SUMMARY: list[tuple[str, str, str]] = []  # (figure, measured, target), printed at the end
+
+
+def summarize(figure: str, measured: str, target: str = "") -> None:
+    SUMMARY.append((figure, measured, target))
 
 
 class Bench:
     def __init__(self) -> None:
         self.user = demo.ensure_user("cbatch-demo")
-        self.image = demo.ensure_image(engine.Engine())
+        self.image = demo.ensure_image(engine.Engine())[0]  # (id, what it is)
         self.node = LocalNode({"demo": self.image}, "demo", prefix="cbatch-bench-")
         self.node.start()
         self.api = docker.APIClient(version="1.41")
@@ -115,7 +128,19 @@ def trivial(b: Bench, rounds: int) -> None:
         for name, fn in variants.items():
             times[name].append(fn())
     table("1. trivial job, end to end (seconds)", times, "s", "docker run --rm (CLI, bridge)")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    job = med["cbatch job (starter exec -> exit)"]
+    summarize("trivial job, starter exec -> exit", f"{job:.3f} s")
+    summarize("  / docker run --rm --network host (CLI)",
+              f"{job / med['docker run --rm --network host (CLI)']:.2f}x", "<= 1.0x")
+    summarize("  / docker run --rm (CLI, bridge)",
+              f"{job / med['docker run --rm (CLI, bridge)']:.2f}x", "<= 0.45x")
+    summarize("  / SDK create/start/wait/remove (warm)",
+              f"{job / med['SDK create/start/wait/remove (warm)']:.2f}x")
     phases = b.phases()[skip:]
+    summarize("phases: created / started / start -> exit", " / ".join(
+        f"{statistics.median(p[k] for p in phases if k in p):.1f}"
+        for k in ("created", "started", "exited")) + " ms")
     print("   cbatch phases (median ms): " + ", ".join(
         f"{k} {statistics.median(p[k] for p in phases if k in p):.1f}" for k in phases[0]))
     print("   (request: connect to request read; verified: kernel and Torque checks; image: "
@@ -139,6 +164,10 @@ def concurrency(b: Bench, levels: list[int]) -> None:
         sdk_rate = n / (time.monotonic() - start)
         print(f"{n:4} {cbatch_rate:14.2f} {lat[len(lat) // 2]:7.3f} {lat[int(len(lat) * 0.9)]:7.3f} "
               f"{lat[-1]:7.3f} {errors:7}   {sdk_rate:10.2f} {cbatch_rate / sdk_rate:10.2f}")
+        if n == 32:
+            summarize("jobs/s at N=32 / the SDK alone",
+                      f"{cbatch_rate / sdk_rate:.2f}x ({cbatch_rate:.1f} / {sdk_rate:.1f})",
+                      ">= 0.9x")
 
 
 _ELAPSED = 's=$(date +%s%N); {body}; e=$(date +%s%N); echo "elapsed $(( (e - s) / 1000 ))"'
@@ -148,13 +177,15 @@ def runtime(b: Bench, rounds: int) -> None:
     # CPU seconds (user+sys) as well as wall time: this VM's wall clock is shared and noisy
     cpu = ("TIMEFORMAT='cpu %U %S'; time { " + _ELAPSED.format(
         body="i=0; while ((i < 1500000)); do ((i++)); done") + "; }")
+    # the write alone is timed (dd with conv=fsync: data on disk), the rm after it is not;
+    # each run starts on a settled disk (_settle), the file in the same home on both sides
     io = _ELAPSED.format(body="dd if=/dev/zero of=$HOME/bench.dat bs=1M count=1024 conv=fsync "
-                              "2>/dev/null; rm -f $HOME/bench.dat")
+                              "2>/dev/null") + "; rm -f $HOME/bench.dat"
     rows: dict[str, list[float]] = {}
     for _ in range(rounds):
         for label, body in (("CPU-bound loop", cpu), ("1 GiB write to home (bind mount)", io)):
             for native in (True, False):
-                _drop_caches()
+                _settle()
                 # LC_ALL=C for both: the host's C.UTF-8 makes bash's parser slower, and the
                 # test image has no locales; the same locale compares the runtime alone
                 _, _, out, err = b.job(f"#!/bin/bash\nexport LC_ALL=C\n{body}\n", native=native)
@@ -168,6 +199,12 @@ def runtime(b: Bench, rounds: int) -> None:
     for label in ("CPU-bound loop", "CPU-bound loop CPU s", "1 GiB write to home (bind mount)"):
         n, c = (statistics.median(rows[f"{label}, {k}"]) for k in ("native", "cbatch"))
         print(f"   {label}: cbatch/native = {c / n:.3f}")
+    n, c = (statistics.median(rows[f"CPU-bound loop CPU s, {k}"]) for k in ("native", "cbatch"))
+    summarize("CPU-bound loop, CPU s / native", f"{c / n:.2f}x", "<= 1.02x")
+    n, c = (rows[f"1 GiB write to home (bind mount), {k}"] for k in ("native", "cbatch"))
+    summarize("1 GiB write+fsync to home, MB/s / native (settled disk)",
+              f"{statistics.median(n) / statistics.median(c):.2f}x "
+              f"({GIB / 1e6 / statistics.median(c):.0f} MB/s)", "0.95x - 1.05x")
 
 
 def output(b: Bench, rounds: int) -> None:
@@ -175,13 +212,18 @@ def output(b: Bench, rounds: int) -> None:
     rows: dict[str, list[float]] = {}
     for _ in range(rounds):
         for native in (True, False):
-            _drop_caches()
+            _settle()
             status, starter_s, _, err = b.job(script, native=native)
             seconds = float(re.search(r"copied, ([0-9.]+) s", err).group(1))
             rows.setdefault("native redirection" if native else "cbatch (into .OU)", []).append(
                 GIB / 1e6 / seconds)
     table("4. 1 GiB on stdout into the .OU file (MB/s, as dd measures it in the job)", rows,
           "MB/s", "native redirection")
+    native, cbatch = rows["native redirection"], rows["cbatch (into .OU)"]
+    pairs = sorted(c / n for n, c in zip(native, cbatch))  # each round's own ratio
+    summarize("1 GiB stdout into the .OU / native",
+              f"{statistics.median(cbatch) / statistics.median(native):.2f}x "
+              f"(per round {pairs[0]:.2f}-{pairs[-1]:.2f}x)", ">= 0.9x, steady")
     before = _docker_logs_bytes()
     print(f"   Docker log storage used by cbatch jobs: {_docker_logs_bytes() - before} bytes "
           "(log driver none; output never passes through dockerd)")
@@ -236,6 +278,31 @@ def starter(rounds: int) -> None:
     table("6. starter alone: max RSS (MiB, the kernel's ru_maxrss)", rss, "MiB", base)
 
 
+def through_torque(b: Bench, rounds: int, jobs: int) -> None:
+    """qsub to completion through a real Torque, native and cbatch (bench/torque_bench.py)."""
+    sys.path.append(str(HERE.parent))  # tests.harness: the real-Torque tier's helpers
+    import torque_bench
+
+    why = torque_bench.unavailable()
+    if why:
+        print(f"\n## 7. through Torque: skipped ({why})")
+        summarize(f"{jobs} jobs, qsub to completion / native", f"skipped: {why}", "<= 1.1x")
+        return
+    results = torque_bench.run(b.image, rounds, jobs)
+    base = "native (no $job_starter)"
+    makespan = {base: results["native"]["makespan_s"],
+                "cbatch ($job_starter cbatch-starter)": results["cbatch"]["makespan_s"]}
+    table(f"7. through Torque: {jobs} trivial jobs qsub'd back to back, first qsub to last "
+          f"completion (s; {torque_bench.nodes()})", makespan, "s", base)
+    latency = {base: results["native"]["latency_s"],
+               "cbatch ($job_starter cbatch-starter)": results["cbatch"]["latency_s"]}
+    table("7. through Torque: each job's qsub to completion (Torque's state C), all batches",
+          latency, "s", base)
+    n, c = (statistics.median(v) for v in makespan.values())
+    summarize(f"{jobs} jobs, qsub to completion / native (Torque)",
+              f"{c / n:.2f}x ({c:.2f} / {n:.2f} s)", "<= 1.1x")
+
+
 def _spawn(argv: list[str]) -> tuple[float, int, int]:
     """(seconds from fork to reaping, max RSS in KiB, exit code), through bench/spawn.c,
     with stdin "x\\n" as pbs_mom's line and no daemon to reach."""
@@ -255,10 +322,36 @@ def _spawn_helper() -> Path:
 _SPAWN: Path | None = None
 
 
-def _drop_caches() -> None:
-    """Start each I/O run from the same page-cache state (the previous run's file is gone)."""
+def _settle(quiet_s: float = 1.0, timeout_s: float = 60) -> None:
+    """Start each I/O run from the same state: page cache dropped and the disk idle.
+
+    Deleting the previous run's 1 GiB on this ext4 (mounted with discard) makes the next
+    sync issue a 1 GiB discard that the virtual disk works through for up to seconds; a
+    job started at once (a native one: 10 ms) wrote during it, a container 250 ms later
+    mostly did not. So wait until no block device has read, written or discarded a
+    sector for quiet_s.
+    """
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    deadline = time.monotonic() + timeout_s
+    last, since = _disk_activity(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = _disk_activity()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+
+
+def _disk_activity() -> tuple:
+    """Every disk's I/O counters (/proc/diskstats, without the time fields)."""
+    rows = []
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        f = line.split()
+        if not f[2].startswith(("loop", "ram")):
+            rows.append((f[2], f[5], f[9], f[11], *f[16:17]))
+    return tuple(rows)
 
 
 def _timed(cmd: list[str]) -> float:
@@ -292,7 +385,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and levels")
-    parts = ["trivial", "concurrency", "runtime", "output", "footprint", "starter"]
+    parts = ["trivial", "concurrency", "runtime", "output", "footprint", "starter", "torque"]
     parser.add_argument("--parts", nargs="+", choices=parts, default=parts,
                         help="run only these parts (starter needs no Docker)")
     args = parser.parse_args()
@@ -313,10 +406,16 @@ def main() -> None:
                 output(b, max(3, rounds // 2))
             if "footprint" in args.parts:
                 footprint(b, 16 if args.quick else 64)
+            if "torque" in args.parts:
+                through_torque(b, rounds, 50)
         finally:
             b.close()
     if "starter" in args.parts:
         starter(rounds * 5)
+    print("\n## summary (medians; ratios from interleaved runs on a shared 2-core node)")
+    print(f"{'figure':58} {'measured':32} target")
+    for figure, measured, target in SUMMARY:
+        print(f"{figure:58} {measured:32} {target}")
 
 
 if __name__ == "__main__":
