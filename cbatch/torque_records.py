@@ -25,6 +25,8 @@ class Record:
     queue: str  # "" when unknown
     slots: int  # processors given on this node (exec_host); 1 when unknown
     problem: str | None = None  # why the record was not used, for the daemon's log
+    owner: str = ""  # the job's user (euser), "" when unknown
+    hosts: tuple[str, ...] = ()  # exec_host's nodes, mother superior first
 
 
 def read(jobs_dir: Path, prefix: str, job_id: str, node: str | None = None) -> Record:
@@ -59,9 +61,21 @@ def parse(data: bytes, job_id: str, node: str) -> Record:
         return Record("", 1, "the job record has no attributes")
     # the queue attribute is what pbs_mom puts in PBS_QUEUE
     queue = (attributes.findtext("queue") or "").strip()
-    slots = slots_on(attributes.findtext("exec_host") or "", node)
+    exec_host = attributes.findtext("exec_host") or ""
+    slots = slots_on(exec_host, node)
     problem = None if slots else "the job record's exec_host names no slots on this node"
-    return Record(queue, min(slots, MAX_SLOTS) or 1, problem)
+    owner = (attributes.findtext("euser") or "").strip()
+    return Record(queue, min(slots, MAX_SLOTS) or 1, problem, owner, hosts_of(exec_host))
+
+
+def hosts_of(exec_host: str) -> tuple[str, ...]:
+    """exec_host's nodes in order, each once: "vm2/0+vm1/0-1+vm2/1" -> (vm2, vm1)."""
+    hosts: list[str] = []
+    for entry in exec_host.strip().split("+") if exec_host.strip() else []:
+        host = entry.partition("/")[0]
+        if host and host not in hosts:
+            hosts.append(host)
+    return tuple(hosts)
 
 
 def slots_on(exec_host: str, node: str) -> int:

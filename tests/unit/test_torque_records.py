@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cbatch import config, torque, torque_records
-from cbatch.peer import Peer
+from cbatch.peer import describe
 from tests.unit.test_torque import FakeProc
 
 DATA = Path(__file__).parent / "data"
@@ -97,7 +97,7 @@ def test_verify_takes_queue_and_slots_from_the_record_not_the_forged_environment
     proc.add(2001, "cbatch-starter", 1000, 2001, uid=os.getuid(),
              env={"PBS_JOBID": "3.vm", "PBS_QUEUE": "special", "PBS_NUM_PPN": "256"})
     cfg = config.parse({"torque": {"home": str(home)}, "jobs": {"allow_root": True}})
-    who = Peer(pid=2001, uid=os.getuid(), gid=os.getgid(), groups=(), start_ticks=2101)
+    who = describe(2001, os.getuid(), os.getgid(), proc.root)
     job = torque.verify(cfg, who, ["/bin/bash"], f"{folder}/3.vm.SC\n".encode(),
                         proc=proc.root)
     assert (job.queue, job.slots, job.record_problem) == ("batch", 2, None)
@@ -112,8 +112,18 @@ def test_a_refused_low_uid_is_logged_with_the_job_id_it_claims(tmp_path):
     proc = FakeProc(tmp_path / "proc", tmp_path)
     proc.add(2001, "cbatch-starter", 1000, 2001, uid=0, env={"PBS_JOBID": "9.vm"})
     cfg = config.parse({"torque": {"home": str(tmp_path)}})
-    who = Peer(pid=2001, uid=0, gid=0, groups=(), start_ticks=2101)
+    who = describe(2001, 0, 0, proc.root)
     with pytest.raises(PolicyDenied) as refused:
         torque.verify(cfg, who, ["/bin/bash"], b"", proc=proc.root)
     assert refused.value.log_fields()["claimed_job_id"] == "9.vm"
     assert "9.vm" not in str(refused.value)  # the user's line is unchanged
+
+
+def test_owner_and_hosts_come_from_pbs_moms_record():
+    record = torque_records.parse(MOM_PPN2.read_bytes(), "3.vm", "vm")
+    assert record.owner and record.hosts == ("vm",)
+
+
+def test_hosts_in_exec_host_order_each_once():
+    assert torque_records.hosts_of("vm2/0+vm1/0-1+vm2/1") == ("vm2", "vm1")
+    assert torque_records.hosts_of("") == ()
