@@ -21,6 +21,9 @@ NETWORK_MODES = ("host", "bridge", "none")
 PULL_POLICIES = ("never", "missing")
 LOG_FORMATS = ("json", "console")
 _PINNED = re.compile(r"^(sha256:[0-9a-f]{64}|[^\s@]+@sha256:[0-9a-f]{64})$")
+_KEEPER = Path("/usr/libexec/cbatch/cbatch-keeper")  # the Debian package's
+if not _KEEPER.exists():  # installed by setup.py alone: beside this Python's scripts
+    _KEEPER = Path(sysconfig.get_path("scripts")) / "cbatch-keeper"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,7 +84,7 @@ class Config:
     memory_from_rlimit: bool = True
     read_only_root: bool = True  # the image's root read-only: jobs write only to mounts
     tmp_bytes: int | None = 2**30  # each job's /tmp + /var/tmp (a tmpfs); None: the image's
-    keeper: Path = Path(sysconfig.get_path("scripts")) / "cbatch-keeper"
+    keeper: Path = _KEEPER
     log_format: str = "json"
     log_level: str = "info"
     metrics_textfile: Path | None = None  # node_exporter's textfile collector; None: off
