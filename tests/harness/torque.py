@@ -22,8 +22,9 @@ from pathlib import Path
 
 PBS_HOME = Path("/var/spool/torque")
 SBIN = Path("/usr/local/sbin")
-BIN = Path("/usr/local/bin")
-STARTER = BIN / "cbatch-starter"
+BIN = Path("/usr/local/bin")  # Torque's clients
+CBATCH_BIN = Path("/usr/bin")  # cbatch's programs, from its Debian package
+STARTER = CBATCH_BIN / "cbatch-starter"
 SOCKET = Path("/run/cbatch/cbatchd.sock")  # the starter's default: nothing to configure
 MOM_CONFIG = PBS_HOME / "mom_priv" / "config"
 CHECK_POLL_S = 10  # pbs_mom's $check_poll_time here: walltime kills within ~10 s
@@ -261,7 +262,7 @@ class CbatchNode:
         env_file = self.root / "health.env"
         env_file.write_text("")
         path.write_text(f"#!/bin/sh\nset -a; . {env_file}; set +a\n"
-                        f"exec {BIN}/cbatch --config {self.config_path} health\n")
+                        f"exec {CBATCH_BIN}/cbatch --config {self.config_path} health\n")
         os.chmod(path, 0o755)
 
     def start(self) -> None:
@@ -269,7 +270,7 @@ class CbatchNode:
             "".join(f"{k}={v}\n" for k, v in self.health_env.items()))
         SOCKET.unlink(missing_ok=True)
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen([str(BIN / "cbatchd"), "--config",
+            self.proc = subprocess.Popen([str(CBATCH_BIN / "cbatchd"), "--config",
                                           str(self.config_path)], stdout=log, stderr=log,
                                          start_new_session=True, cwd="/",
                                          env={**os.environ, **self.env})
