@@ -208,7 +208,7 @@ def _follow(sock: socket.socket, wake_r: socket.socket, tty: bool,
                 continue
             try:
                 header, payload = protocol.recv(sock)
-            except (protocol.PeerClosed, protocol.ProtocolError, OSError):
+            except (protocol.PeerClosed, protocol.FrameError, OSError):
                 raise _Disconnected() from None
             kind = header.get("t")
             if kind == protocol.KIND_STDOUT:

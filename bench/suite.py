@@ -73,7 +73,7 @@ class Bench:
             spec = self.spec(f"{self.count}.bench", "#!/bin/bash\ntrue\n")
             momsim.stage(spec)
             specs.append(dataclasses.asdict(spec))
-        out = subprocess.run([sys.executable, "-m", "cbatch.momsim", "--many", json.dumps(specs)],
+        out = subprocess.run([sys.executable, "-m", momsim.__name__, "--many", json.dumps(specs)],
                              capture_output=True, text=True, check=True).stdout
         for spec in specs:
             job = momsim.JobSpec(**spec)

@@ -15,25 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 from cbatch import opener, placeholders
-from cbatch.errors import ContainerFailed, PolicyDenied
-from cbatch.policy import Decision
+from cbatch.container import Bind
+from cbatch.errors import MountFailed, NodeIncomplete, PolicyDenied
+from cbatch.policy import Decision, check_workdir, is_job_path
 from cbatch.torque import Job
 
 NODE_FILES = ("PBS_NODEFILE", "PBS_GPUFILE", "PBS_MICFILE")
-# A job's own folders (cwd, home, TMPDIR) never bring these into its container: the
-# system's files, runtime sockets (the Docker socket lives under /run) and logs.
-SYSTEM_TREES = tuple(Path(p) for p in (
-    "/proc", "/sys", "/dev", "/run", "/var/run", "/etc", "/boot", "/usr", "/bin", "/sbin",
-    "/lib", "/lib32", "/lib64", "/libx32", "/var/lib", "/var/log", "/var/cache", "/root"))
-SYSTEM_ROOTS = (Path("/"), Path("/var"))
 NSS_FILES = (Path("/etc/passwd"), Path("/etc/group"))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Bind:
-    source: Path
-    target: Path
-    read_only: bool
 
 
 @dataclasses.dataclass
@@ -49,7 +37,7 @@ class Mounts:
         """Mount each held path onto a placeholder; the binds then name the placeholders.
 
         Raises:
-            ContainerFailed: a placeholder could not be mounted (node-side).
+            MountFailed: a placeholder could not be mounted (node-side).
         """
         pinned = []
         for index, bind in enumerate(self.binds):
@@ -59,9 +47,9 @@ class Mounts:
                 continue
             placeholder = run_dir / f"{name}.m{index}"
             if not placeholders.mount(fd, placeholder, stat.S_ISDIR(os.fstat(fd).st_mode)):
-                raise ContainerFailed(f"cbatch could not prepare {bind.target} for the job's "
-                                      "container on this node; the job did not run; it can "
-                                      "be requeued", path=str(bind.target))
+                raise MountFailed(f"cbatch could not prepare {bind.target} for the job's "
+                                  "container on this node; the job did not run; it can "
+                                  "be requeued", path=str(bind.target))
             self.placeholders.append(placeholder)
             pinned.append(Bind(placeholder, bind.target, bind.read_only))
         self.binds = tuple(pinned)
@@ -84,7 +72,7 @@ def resolve(job: Job, decision: Decision, torque_home: Path) -> Mounts:
     this check and the mount.
 
     Raises:
-        ContainerFailed: a non-optional site folder is missing on this node.
+        NodeIncomplete: a non-optional site folder is missing on this node.
         PolicyDenied: the working directory is a system folder or not reachable as
             the job's own plain folder.
     """
@@ -106,9 +94,9 @@ def resolve(job: Job, decision: Decision, torque_home: Path) -> Mounts:
             if mount.path.exists():
                 add(mount.path, mount.target, mount.read_only)
             elif not mount.optional:
-                raise ContainerFailed(f"the site folder {mount.path} is missing on this "
-                                      "node; the job can be requeued elsewhere",
-                                      path=str(mount.path))
+                raise NodeIncomplete(f"the site folder {mount.path} is missing on this "
+                                     "node; the job can be requeued elsewhere",
+                                     path=str(mount.path))
         # the home's path is the admin's (passwd): its symlinks are followed, each step
         # checked as the job's uid
         home = _open(job.home, who, directory=True, follow=True)
@@ -145,12 +133,8 @@ def _add_cwd(job: Job, decision: Decision, torque_home: Path, who: opener.Who,
              binds: dict[Path, Bind], add: Callable[..., None]) -> None:
     """Mount the working directory (a kernel-given path: no symlink, no '..') unless a
     read-write mount covers it. A symlink met on the way means it was swapped."""
+    check_workdir(job.cwd, decision, torque_home)
     cwd = Path(os.path.normpath(job.cwd))
-    if not is_job_path(cwd, decision.workdir_roots, torque_home):
-        roots = ", ".join(str(r) for r in decision.workdir_roots)
-        raise PolicyDenied(f"the job's working directory {job.cwd} cannot be used in its "
-                           f"container; submit from a directory under {roots} (not a system "
-                           "folder)", cwd=str(job.cwd))
     if _inside(cwd, binds):
         return
     try:
@@ -171,14 +155,6 @@ def _open(path: str | Path, who: opener.Who, directory: bool,
         return opener.reach(path, who, directory, follow)
     except opener.Unreachable:
         return None
-
-
-def is_job_path(path: Path, roots: tuple[Path, ...], torque_home: Path) -> bool:
-    """May a job's own folder (resolved) be bind-mounted into its container?"""
-    if path in SYSTEM_ROOTS or not any(path == r or r in path.parents for r in roots):
-        return False
-    forbidden = (*SYSTEM_TREES, Path(os.path.realpath(torque_home)))
-    return not any(path == t or t in path.parents for t in forbidden)
 
 
 def _inside(path: Path, binds: dict[Path, Bind]) -> bool:

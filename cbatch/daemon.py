@@ -1,6 +1,8 @@
 """cbatchd: the per-node root daemon. Loads policy, reconciles, serves, stops in order.
 
-Signal handlers only wake the main loop (set_wakeup_fd); the loop does the work.
+Signal handlers only wake the main loop (set_wakeup_fd); the loop does the work. Each
+connection's first frame says what it is (handle): a job's request goes to a Session,
+admin and exec frames straight to their handlers in cbatch.admin.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from pathlib import Path
 import structlog
 
 from cbatch import config, logs, metrics, nofile, outputs, protocol, reconcile, server, systemd
-from cbatch.engine import Engine
-from cbatch.errors import EXIT_NODE_FAILURE, CbatchError, ConfigError
-from cbatch.session import Session
+from cbatch.admin import jobexec, ops
+from cbatch.engine import Engine, NodeImages
+from cbatch.errors import EXIT_NODE_FAILURE, CbatchError, ConfigError, ProtocolError
+from cbatch.peer import Peer
+from cbatch.session import Session, refuse, report_bug
 
 
 # When accept() fails (EMFILE, ENFILE, ENOBUFS, ENOMEM: the node is short of fds, buffers
@@ -38,6 +42,10 @@ class Daemon:
         self.sessions: set[Session] = set()
         self.lock = threading.Lock()
         self.metrics_failing = False  # the textfile's last write failed (logged once)
+        self.images = NodeImages()  # what Docker holds, shared by every session's Engine
+
+    def engine(self) -> Engine:
+        return Engine(node=self.images)
 
     def serve(self) -> int:
         self._check_nofile(self.cfg)
@@ -46,7 +54,7 @@ class Daemon:
             self.log.info("placeholders_cleaned", count=removed)
         self.sweep()
         listener = server.bind(self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group)
-        srv = server.Server(listener, self._handle, lambda: (
+        srv = server.Server(listener, self.handle, lambda: (
             self.cfg.max_connections_per_user, self.cfg.max_connections), self._refuse_crowded)
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
@@ -124,15 +132,44 @@ class Daemon:
             self.log.info("metrics_written", path=str(path))
         self.metrics_failing = False
 
-    def _handle(self, conn: socket.socket) -> None:
-        session = Session(conn, self.cfg)
-        with self.lock:
-            self.sessions.add(session)
+    def handle(self, conn: socket.socket, who: Peer) -> None:
+        """One connection, by its first frame: a job's request, an admin or exec frame."""
+        log = self.log.bind(peer_pid=who.pid, uid=who.uid)
+        fds: list[int] = []
+        marks = {"accepted": time.monotonic()}
+
+        def send(kind: str, **fields: object) -> bool:
+            try:
+                protocol.send(conn, kind, **fields)
+                return True
+            except OSError:
+                return False
+
         try:
-            session.run()
-        finally:
+            cfg = self.cfg  # one policy for the whole connection, even across a reload
+            header, payload = _first_frame(conn, fds, cfg.request_timeout_s)
+            if header["t"] == protocol.KIND_ADMIN:
+                log = log.bind(op=str(header.get("op"))[:20])
+                return ops.serve(conn, cfg, who, header, self.engine, log)
+            if header["t"] == protocol.KIND_EXEC:  # cbatch exec; answered and logged there
+                return jobexec.serve(conn, cfg, who, header, self.engine, log)
+            session = Session(conn, cfg, who, protocol.parse_request(header, payload), fds,
+                              self.engine, log)
             with self.lock:
-                self.sessions.discard(session)
+                self.sessions.add(session)
+            try:
+                session.run()
+            finally:
+                with self.lock:
+                    self.sessions.discard(session)
+        except CbatchError as exc:
+            refuse(send, log, exc, marks)
+        except Exception:  # a bug: log it fully, tell the user an incident id
+            report_bug(send, log)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            conn.close()
 
     def _refuse_crowded(self, conn: socket.socket, uid: int, reason: str) -> None:
         """One error frame, then close: never a thread for a connection over the bound."""
@@ -154,7 +191,7 @@ class Daemon:
             busy = {s.container_id for s in self.sessions if s.container_id}
         engine = None
         try:
-            engine = Engine()
+            engine = self.engine()
             removed, failed = reconcile.sweep(engine, busy)
         except CbatchError as exc:
             self.log.error("sweep_failed", **exc.log_fields())
@@ -200,6 +237,17 @@ class Daemon:
             pass
         self.log.info("daemon_stopped", running_jobs=len(self.sessions))
         return 0
+
+
+def _first_frame(conn: socket.socket, fds: list[int], timeout_s: float) -> tuple[dict, bytes]:
+    """A connection's first frame, within timeout_s; fds it carries go into `fds`."""
+    conn.settimeout(timeout_s)
+    try:
+        return protocol.recv(conn, fds, timeout_s)
+    except protocol.PeerClosed:
+        raise ProtocolError("the starter closed the connection before its request") from None
+    except (ProtocolError, socket.timeout, OSError) as exc:
+        raise ProtocolError(f"bad request from cbatch-starter: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,21 +13,16 @@ from typing import Iterator
 
 import docker
 import docker.errors
-import docker.types
 import requests.exceptions
 
 from cbatch import metrics
 from cbatch.errors import ContainerFailed, EngineError, EngineUnavailable, ImageUnavailable
-from cbatch.spec import LABEL, ContainerSpec
+from cbatch.container import LABEL, ContainerSpec
 
 API_VERSION = "1.41"  # Docker 20.10 and later; fixed, so no version round trip per job
 # Docker ends an attach when this sequence is typed (default ctrl-p,ctrl-q, which shells
 # and editors use); four rarely typed control keys in a row instead.
 DETACH_KEYS = "ctrl-^,ctrl-],ctrl-_,ctrl-^"
-_pull_locks: dict[str, threading.Lock] = {}
-_driver: str | None = None
-_present: set[str] = set()  # pinned refs seen on this node: immutable, so never re-checked
-_pull_locks_guard = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -65,10 +60,34 @@ def _short(text: str) -> str:
     return text[:300]
 
 
-class Engine:
-    """A connection to dockerd; one per job session (requests sessions are not shared)."""
+class NodeImages:
+    """What the node's Docker was found to hold, shared by every Engine of one daemon.
 
-    def __init__(self, base_url: str | None = None, timeout: float = 60) -> None:
+    Pinned refs once seen are immutable, so never re-checked; jobs waiting on the same
+    digest share one pull; the cgroup driver is asked once.
+    """
+
+    def __init__(self) -> None:
+        self.present: set[str] = set()
+        self.driver: str | None = None
+        self._pull_locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def pull_lock(self, ref: str) -> threading.Lock:
+        with self._guard:
+            return self._pull_locks.setdefault(ref, threading.Lock())
+
+
+class Engine:
+    """A connection to dockerd; one per job session (requests sessions are not shared).
+
+    `node` is the daemon's NodeImages; an Engine made without one (the admin CLI, a
+    test) keeps its own.
+    """
+
+    def __init__(self, base_url: str | None = None, timeout: float = 60,
+                 node: NodeImages | None = None) -> None:
+        self.node = node if node is not None else NodeImages()
         with _translate("connect"):
             base_url = base_url or os.environ.get("DOCKER_HOST") or \
                 docker.utils.utils.DEFAULT_UNIX_SOCKET
@@ -84,19 +103,17 @@ class Engine:
 
     def ensure_image(self, ref: str, pull: str) -> None:
         """Make sure the pinned image is present, pulling it once per node if allowed."""
-        if ref in _present:
+        if ref in self.node.present:
             return  # a create on a since-deleted image still fails cleanly (ImageUnavailable)
         with _translate("find its image", ref=ref):
             try:
                 self.api.inspect_image(ref)
-                _present.add(ref)
+                self.node.present.add(ref)
                 return
             except docker.errors.ImageNotFound:
                 if pull != "missing" or "@" not in ref:
                     raise
-            with _pull_locks_guard:
-                lock = _pull_locks.setdefault(ref, threading.Lock())
-            with lock:  # jobs waiting on the same digest share one pull
+            with self.node.pull_lock(ref):  # jobs waiting on the same digest share one pull
                 try:
                     self.api.inspect_image(ref)
                 except docker.errors.ImageNotFound:
@@ -107,32 +124,27 @@ class Engine:
                         metrics.pulled(ok=False)
                         raise
                     metrics.pulled(ok=True)
-                _present.add(ref)
+                self.node.present.add(ref)
 
     def cgroup_driver(self) -> str:
         """Docker's cgroup driver ("cgroupfs" or "systemd"), asked once per daemon."""
-        global _driver
-        if _driver is None:
+        if self.node.driver is None:
             with _translate("describe itself"):
-                _driver = str(self.api.info().get("CgroupDriver", ""))
-        return _driver
+                self.node.driver = str(self.api.info().get("CgroupDriver", ""))
+        return self.node.driver
 
     def create(self, spec: ContainerSpec) -> str:
         try:
             return self._create(spec)
         except ImageUnavailable:
-            _present.discard(spec.create["image"])  # deleted since it was seen
+            self.node.present.discard(spec.create["image"])  # deleted since it was seen
             raise
 
     def _create(self, spec: ContainerSpec) -> str:
         with _translate("be created", container=spec.name):
-            host_config = dict(spec.host_config)
-            host_config["mounts"] = [_mount(m) for m in host_config.get("mounts", [])]
-            host_config["ulimits"] = [docker.types.Ulimit(name=u["Name"], soft=u["Soft"],
-                                                          hard=u["Hard"])
-                                      for u in host_config.get("ulimits", [])]
+            # spec.py wrote mounts and ulimits in the Engine API's own shape: passed on as is
             created = self.api.create_container(
-                host_config=self.api.create_host_config(**host_config), **spec.create)
+                host_config=self.api.create_host_config(**spec.host_config), **spec.create)
             return created["Id"]
 
     def attach(self, container_id: str, stdout: bool, stderr: bool,
@@ -232,44 +244,34 @@ class Engine:
                 return c
             return None
 
+    def import_rootfs(self, tar: bytes, repository: str, tag: str) -> str:
+        """`docker import` a rootfs tarball; the new image's id (sha256:...)."""
+        with _translate("import an image"):
+            self.api.import_image_from_data(tar, repository=repository, tag=tag)
+            return self.api.inspect_image(f"{repository}:{tag}")["Id"]
 
-def _mount(m: dict) -> docker.types.Mount:
-    return docker.types.Mount(target=m["Target"], source=m["Source"], type=m["Type"],
-                              read_only=m["ReadOnly"],
-                              propagation=m.get("BindOptions", {}).get("Propagation"))
+    def image_id(self, name: str) -> str | None:
+        """The id of a local image, or None when it is absent."""
+        with _translate("inspect an image"):
+            try:
+                return self.api.inspect_image(name)["Id"]
+            except docker.errors.ImageNotFound:
+                return None
 
+    def images(self) -> list[dict]:
+        """Every image on the node (Id, RepoTags, RepoDigests, Size)."""
+        with _translate("list images"):
+            return self.api.images(all=False)
 
-def import_rootfs(engine: Engine, tar: bytes, repository: str, tag: str) -> str:
-    """`docker import` a rootfs tarball; the new image's id (sha256:...)."""
-    with _translate("import an image"):
-        engine.api.import_image_from_data(tar, repository=repository, tag=tag)
-        return engine.api.inspect_image(f"{repository}:{tag}")["Id"]
-
-
-def image_id(engine: Engine, name: str) -> str | None:
-    """The id of a local image, or None when it is absent."""
-    with _translate("inspect an image"):
-        try:
-            return engine.api.inspect_image(name)["Id"]
-        except docker.errors.ImageNotFound:
-            return None
-
-
-def local_images(engine: Engine) -> list[dict]:
-    """Every image on the node (Id, RepoTags, RepoDigests, Size)."""
-    with _translate("list images"):
-        return engine.api.images(all=False)
-
-
-def remove_image(engine: Engine, image: str) -> str | None:
-    """Remove an image unless a container uses it; None when done, else Docker's reason."""
-    with _translate("remove an image"):
-        try:
-            engine.api.remove_image(image, force=False, noprune=False)
-            return None
-        except docker.errors.ImageNotFound:
-            return None
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # in use by a container
-                return _short(exc.explanation or str(exc))
-            raise
+    def remove_image(self, image: str) -> str | None:
+        """Remove an image unless a container uses it; None when done, else Docker's reason."""
+        with _translate("remove an image"):
+            try:
+                self.api.remove_image(image, force=False, noprune=False)
+                return None
+            except docker.errors.ImageNotFound:
+                return None
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # in use by a container
+                    return _short(exc.explanation or str(exc))
+                raise

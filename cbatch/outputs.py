@@ -18,8 +18,8 @@ import stat
 from pathlib import Path
 
 from cbatch import placeholders as placeholders_
-from cbatch.binds import SYSTEM_TREES, Bind
-from cbatch.spec import STREAM, Output
+from cbatch.container import STREAM, SYSTEM_TREES, Bind, Output
+
 # The target is the file's own path; a user who fakes it (ptrace, a private mount
 # namespace) must not be able to lay a file over the image's system folders.
 _FORBIDDEN = tuple(str(p) for p in SYSTEM_TREES)

@@ -1,4 +1,7 @@
-"""Who is on the other end of a Unix socket, from the kernel alone (SO_PEERCRED, /proc)."""
+"""Who is on the other end of a Unix socket, from the kernel alone (SO_PEERCRED, /proc).
+
+Read once, at accept (credentials), and carried with the connection from there on.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +15,6 @@ _UCRED = struct.Struct("3i")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    start_ticks: int  # /proc/<pid>/stat starttime: tells a pid apart from a reused one
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class ProcStat:
     comm: str
     state: str
@@ -29,6 +23,17 @@ class ProcStat:
     session: int
     tty_nr: int
     start_ticks: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    start_ticks: int  # /proc/<pid>/stat starttime: tells a pid apart from a reused one
+    stat: ProcStat | None = None  # as read at accept (describe); None: not read
+    umask: int = 0o022
 
 
 def ucred(sock: socket.socket) -> tuple[int, int, int]:
@@ -42,8 +47,20 @@ def credentials(sock: socket.socket, proc: Path = PROC) -> Peer:
     Raises OSError when the peer process is already gone.
     """
     pid, uid, gid = ucred(sock)
-    groups = status_field(pid, "Groups", proc).split()
-    return Peer(pid, uid, gid, tuple(int(g) for g in groups), stat(pid, proc).start_ticks)
+    return describe(pid, uid, gid, proc)
+
+
+def describe(pid: int, uid: int, gid: int, proc: Path = PROC) -> Peer:
+    """The Peer of a process whose pid/uid/gid the kernel gave: one read of its
+    /proc/<pid>/status (groups, umask) and one of its stat.
+
+    Raises OSError (or ValueError) when the process is gone or its files are not the
+    kernel's.
+    """
+    fields = _status(pid, proc)
+    st = stat(pid, proc)
+    groups = tuple(int(g) for g in fields.get("Groups", "").split())
+    return Peer(pid, uid, gid, groups, st.start_ticks, st, int(fields.get("Umask", "0022"), 8))
 
 
 def stat(pid: int, proc: Path = PROC) -> ProcStat:
@@ -56,12 +73,19 @@ def stat(pid: int, proc: Path = PROC) -> ProcStat:
 
 
 def status_field(pid: int, name: str, proc: Path = PROC) -> str:
-    """One field of /proc/<pid>/status, e.g. "Groups" or "Umask"."""
+    """One field of /proc/<pid>/status, e.g. "Uid"."""
+    try:
+        return _status(pid, proc)[name]
+    except KeyError:
+        raise KeyError(name) from None
+
+
+def _status(pid: int, proc: Path) -> dict[str, str]:
+    fields = {}
     for line in (proc / str(pid) / "status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key == name:
-            return value.strip()
-    raise KeyError(name)
+        fields[key] = value.strip()
+    return fields
 
 
 def is_alive(pid: int, start_ticks: int, proc: Path = PROC) -> bool:

@@ -1,16 +1,25 @@
-"""Decide what a job may have from the admin's policy and the job's directives (pure).
+"""Decide what a job may have from the admin's policy and the job's directives.
 
-No Docker, no filesystem: the caller passes the job's group names in.
+Every rule about who and what: which uids may run at all (admit), which folders of a
+job's may enter its container (is_job_path, check_workdir), which image and site mounts
+it gets (decide, by user, group names and queue). No Docker, no filesystem; the one
+outside fact is the job's group names, from NSS (group_names).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import grp
+import os
 from pathlib import Path
 
 from cbatch.config import Audience, Config, Image, SiteMount
+from cbatch.container import SYSTEM_TREES
 from cbatch.directives import Directives
 from cbatch.errors import PolicyDenied
+
+
+SYSTEM_ROOTS = (Path("/"), Path("/var"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,3 +68,47 @@ def decide(cfg: Config, user: str, group_names: frozenset[str], queue: str,
                     pids_limit=cfg.pids_limit, memory_limit=cfg.memory_from_rlimit,
                     drop_env=cfg.drop_env, workdir_roots=cfg.workdir_roots,
                     read_only_root=cfg.read_only_root, tmp_bytes=cfg.tmp_bytes)
+
+
+def admit(cfg: Config, uid: int, claimed_job_id: str | None = None) -> None:
+    """Raises PolicyDenied for root and system uids unless the site allows them.
+
+    claimed_job_id (what the process says it is, unproven) is for the log record only.
+    """
+    if cfg.allow_root or (uid != 0 and uid >= cfg.min_uid):
+        return
+    hint = ("; if this is not a root job, pbs_mom runs the starter privileged: ask your "
+            "admin to remove $job_starter_run_privileged" if uid == 0 else "")
+    raise PolicyDenied(f"jobs of uid {uid} may not run in containers on this node "
+                       f"(site policy: uid {cfg.min_uid} and above); submit as a regular "
+                       f"user{hint}", claimed_job_id=claimed_job_id)
+
+
+def group_names(cfg: Config, gids: tuple[int, ...]) -> frozenset[str]:
+    """The names of the job's groups, when some audience names groups (else none)."""
+    if not cfg.uses_groups:
+        return frozenset()
+    names = set()
+    for gid in gids:
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return frozenset(names)
+
+
+def is_job_path(path: Path, roots: tuple[Path, ...], torque_home: Path) -> bool:
+    """May a job's own folder (resolved) be bind-mounted into its container?"""
+    if path in SYSTEM_ROOTS or not any(path == r or r in path.parents for r in roots):
+        return False
+    forbidden = (*SYSTEM_TREES, Path(os.path.realpath(torque_home)))
+    return not any(path == t or t in path.parents for t in forbidden)
+
+
+def check_workdir(cwd: Path, decision: Decision, torque_home: Path) -> None:
+    """Raises PolicyDenied when the job's working directory may not enter its container."""
+    if not is_job_path(Path(os.path.normpath(cwd)), decision.workdir_roots, torque_home):
+        roots = ", ".join(str(r) for r in decision.workdir_roots)
+        raise PolicyDenied(f"the job's working directory {cwd} cannot be used in its "
+                           f"container; submit from a directory under {roots} (not a system "
+                           "folder)", cwd=str(cwd))

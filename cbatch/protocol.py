@@ -12,11 +12,13 @@ stdin bytes travel as the raw payload, never inside JSON. File descriptors (the 
 stdout/stderr) ride along a REQUEST frame as SCM_RIGHTS ancillary data.
 Both lengths, the header's JSON nesting and the descriptors a frame may carry are bounded;
 a peer that sends more is a protocol error, not a reason to read (or hold fds) forever.
+A job's first frame is checked once, into a Request (parse_request).
 """
 
 from __future__ import annotations
 
 import array
+import dataclasses
 import json
 import os
 import re
@@ -24,6 +26,8 @@ import signal
 import socket
 import struct
 import time
+
+from cbatch.errors import ProtocolError
 
 VERSION = 1
 
@@ -53,7 +57,7 @@ MAX_DEPTH = 32  # JSON nesting of a header; real ones nest 3 deep at most
 _NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings skipped, brackets seen
 
 
-class ProtocolError(Exception):
+class FrameError(ProtocolError):
     """The peer sent something that is not a valid frame."""
 
 
@@ -65,7 +69,7 @@ def encode(kind: str, payload: bytes = b"", **fields: object) -> bytes:
     """One frame as bytes."""
     header = json.dumps({"t": kind, **fields}, separators=(",", ":")).encode()
     if len(header) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
-        raise ProtocolError(f"{kind} frame too large")
+        raise FrameError(f"{kind} frame too large")
     return _PREFIX.pack(len(header), len(payload)) + header + payload
 
 
@@ -88,7 +92,7 @@ def _recv_exact(sock: socket.socket, size: int, fds: list[int] | None, started: 
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ProtocolError("the frame did not arrive in time")
+                raise FrameError("the frame did not arrive in time")
             sock.settimeout(left)
         try:
             if fds is not None:
@@ -99,12 +103,12 @@ def _recv_exact(sock: socket.socket, size: int, fds: list[int] | None, started: 
                 chunk = sock.recv(size - len(buf))
         except socket.timeout:
             if deadline is not None:
-                raise ProtocolError("the frame did not arrive in time") from None
+                raise FrameError("the frame did not arrive in time") from None
             raise
         if not chunk:
             if not buf and not started:
                 raise PeerClosed()
-            raise ProtocolError("connection closed in the middle of a frame")
+            raise FrameError("connection closed in the middle of a frame")
         buf += chunk
     return bytes(buf)
 
@@ -125,7 +129,7 @@ def _take_fds(ancdata: list, fds: list[int]) -> None:
     for fd in received[room:]:
         os.close(fd)
     if len(received) > room:
-        raise ProtocolError("too many file descriptors")
+        raise FrameError("too many file descriptors")
 
 
 def _too_deep(raw: bytes) -> bool:
@@ -158,20 +162,67 @@ def recv(sock: socket.socket, fds: list[int] | None = None,
         prefix = _recv_exact(sock, _PREFIX.size, fds, False, deadline)
         header_len, payload_len = _PREFIX.unpack(prefix)
         if header_len > MAX_HEADER or payload_len > MAX_PAYLOAD:
-            raise ProtocolError(f"frame too large ({header_len}+{payload_len} bytes)")
+            raise FrameError(f"frame too large ({header_len}+{payload_len} bytes)")
         raw = _recv_exact(sock, header_len, fds, True, deadline)
         payload = _recv_exact(sock, payload_len, fds, True, deadline) if payload_len else b""
     except (ConnectionResetError, BrokenPipeError) as exc:
-        raise ProtocolError(f"connection lost: {exc.strerror}") from exc
+        raise FrameError(f"connection lost: {exc.strerror}") from exc
     finally:
         if deadline is not None:
             sock.settimeout(previous)
     if _too_deep(raw):
-        raise ProtocolError(f"frame header nests deeper than {MAX_DEPTH} levels")
+        raise FrameError(f"frame header nests deeper than {MAX_DEPTH} levels")
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError("frame header is not JSON") from exc
+        raise FrameError("frame header is not JSON") from exc
     if not isinstance(header, dict) or not isinstance(header.get("t"), str):
-        raise ProtocolError("frame header has no kind")
+        raise FrameError("frame header has no kind")
     return header, payload
+
+
+MAX_ARGV = 256
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    """A job's request as cbatch-starter sent it, checked once (parse_request)."""
+
+    argv: tuple[str, ...]  # the shell and its arguments as pbs_mom passed them
+    stdin: bytes  # what pbs_mom wrote on the starter's stdin
+    tty: bool = False  # an interactive job: the starter's fds 0-2 are its terminal
+    winsize: list[int] | None = None
+    resume: bool = False  # the same starter again, after a daemon restart
+
+
+def parse_request(header: dict, payload: bytes) -> Request:
+    """The job's Request from its first frame.
+
+    Raises:
+        ProtocolError: the frame is not a valid request of this protocol version.
+    """
+    if header.get("t") != KIND_REQUEST:
+        raise ProtocolError(f"expected a request, got {str(header.get('t'))[:40]!r}")
+    version = header.get("v")
+    if type(version) is not int:  # noqa: E721 - a bool or a string is no version
+        raise ProtocolError("the request's protocol version is not a number; "
+                            "cbatch-starter and cbatchd do not match: ask your admin to "
+                            "install matching versions")
+    if version != VERSION:
+        raise ProtocolError(f"cbatch-starter speaks protocol {str(header.get('v'))[:20]}, "
+                            f"cbatchd speaks {VERSION}; ask your admin to "
+                            "install matching versions")
+    argv = header.get("argv")
+    if (not isinstance(argv, list) or not argv or len(argv) > MAX_ARGV
+            or not all(isinstance(a, str) for a in argv)):
+        raise ProtocolError("the request's argv is not a list of strings")
+    if header.get("winsize") is not None and not is_winsize(header["winsize"]):
+        raise ProtocolError("the request's winsize is not [rows, columns]")
+    return Request(argv=tuple(argv), stdin=payload, tty=bool(header.get("tty")),
+                   winsize=header.get("winsize"), resume=bool(header.get("resume")))
+
+
+def is_winsize(value: object) -> bool:
+    """[rows, columns] as a terminal reports them."""
+    return (isinstance(value, list) and len(value) == 2
+            and all(type(n) is int and 0 < n < 65536 for n in value))

@@ -10,6 +10,7 @@ import time
 from typing import Callable, Iterable
 
 from cbatch import peer
+from cbatch.container import Labels
 from cbatch.engine import Engine
 from cbatch.errors import CbatchError
 
@@ -30,17 +31,12 @@ def orphans(containers: Iterable[dict], busy: set[str],
     for c in containers:
         if c["Id"] in busy:
             continue
-        labels = c.get("Labels") or {}
-        try:
-            pid = int(labels.get("cbatch.starter_pid", "0"))
-            ticks = int(labels.get("cbatch.starter_start", "0"))
-        except ValueError:
-            pid = ticks = 0
+        labels = Labels.of(c)
+        pid, ticks = labels.starter()
         if pid and alive(pid, ticks):
             continue
         found.append(Leftover(c["Id"], (c.get("Names") or ["?"])[0].lstrip("/"),
-                              labels.get("cbatch.job_id", "?"), labels.get("cbatch.user", "?"),
-                              "starter gone"))
+                              labels.job_id or "?", labels.user or "?", "starter gone"))
     return found
 
 

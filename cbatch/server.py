@@ -1,4 +1,7 @@
-"""The daemon's Unix socket: safe bind, accept, one thread per job session."""
+"""The daemon's Unix socket: safe bind, accept, one thread per connection.
+
+The peer is read from the kernel once, at accept, and handed on with the connection.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +52,8 @@ class Server:
     the daemon's open-file limit (nofile.py). The uid is the kernel's, read at accept.
     """
 
-    def __init__(self, sock: socket.socket, handle: Callable[[socket.socket], None],
+    def __init__(self, sock: socket.socket,
+                 handle: Callable[[socket.socket, peer.Peer], None],
                  limits: Callable[[], tuple[int, int]],
                  refuse: Callable[[socket.socket, int, str], None]) -> None:
         self.sock = sock
@@ -64,10 +68,11 @@ class Server:
         """Accept one connection. OSError from accept itself (EMFILE...) is the caller's."""
         conn, _ = self.sock.accept()
         try:
-            uid = peer.ucred(conn)[1]
-        except OSError:
+            who = peer.credentials(conn)
+        except (OSError, ValueError):  # gone already: nobody to answer
             conn.close()
             return
+        uid = who.uid
         per_uid, overall = self.limits()
         with self.lock:
             running = self.per_uid.get(uid, 0)
@@ -80,17 +85,17 @@ class Server:
             self.refuse(conn, uid, crowded)
             return
         try:
-            threading.Thread(target=self._run, args=(conn, uid), daemon=True,
+            threading.Thread(target=self._run, args=(conn, who), daemon=True,
                              name="session").start()
         except RuntimeError:  # no thread to be had: refuse rather than leak the slot
             self._release(uid)
             self.refuse(conn, uid, "no thread available")
 
-    def _run(self, conn: socket.socket, uid: int) -> None:
+    def _run(self, conn: socket.socket, who: peer.Peer) -> None:
         try:
-            self.handle(conn)
+            self.handle(conn, who)
         finally:
-            self._release(uid)
+            self._release(who.uid)
 
     def _release(self, uid: int) -> None:
         with self.lock:

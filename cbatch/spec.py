@@ -1,57 +1,28 @@
 """Turn a job, its decision and its mounts into a container spec (pure).
 
-The only module that knows docker-py's parameter names; engine.py passes them through.
+The only module that knows docker-py's parameter names and the Engine API's mount and
+ulimit shapes; engine.py passes what it writes on to Docker unchanged.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shlex
 from pathlib import Path
 
 import cbatch
-from cbatch.binds import Bind
+from cbatch.container import STREAM, Bind, ContainerSpec, Labels, Output
 from cbatch.keeper import EXIT_PATH, KEEPER_PATH
 from cbatch.policy import Decision
 from cbatch.torque import Job
 
-LABEL = "cbatch"  # every container cbatch makes carries "cbatch=1" plus cbatch.* labels
 _LOGIN_BY_ARGV0 = ("bash", "zsh", "ksh", "mksh")  # shells whose `exec -a` makes "-name"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Output:
-    """Where one of the job's output streams goes inside the container."""
-
-    mode: str  # "file": append to `path` (the starter's own file, mounted); "null"; "stream"
-    path: Path | None = None
-    same_as_stdout: bool = False
-
-
-STREAM = Output("stream")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ContainerSpec:
-    name: str
-    create: dict  # docker APIClient.create_container keyword arguments
-    host_config: dict  # docker APIClient.create_host_config keyword arguments
-    labels: dict[str, str]
-
-
 def labels(job: Job, image_alias: str) -> dict[str, str]:
-    return {
-        LABEL: "1",
-        f"{LABEL}.job_id": job.job_id,
-        f"{LABEL}.task": str(job.task),
-        f"{LABEL}.user": job.user,
-        f"{LABEL}.uid": str(job.uid),
-        f"{LABEL}.starter_pid": str(job.peer.pid),
-        f"{LABEL}.starter_start": str(job.peer.start_ticks),
-        f"{LABEL}.image": image_alias,
-        f"{LABEL}.version": cbatch.__version__,
-    }
+    return Labels(job_id=job.job_id, task=str(job.task), user=job.user, uid=str(job.uid),
+                  starter_pid=str(job.peer.pid), starter_start=str(job.peer.start_ticks),
+                  image=image_alias, version=cbatch.__version__).for_docker()
 
 
 def command(job: Job, stdout: Output, stderr: Output) -> list[str]:

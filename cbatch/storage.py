@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from cbatch import placeholders
-from cbatch.binds import Bind
+from cbatch.container import Bind
 from cbatch.errors import ContainerFailed
 
 TARGETS = {"tmp": Path("/tmp"), "var-tmp": Path("/var/tmp")}

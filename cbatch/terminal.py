@@ -14,17 +14,11 @@ import socket
 import time
 from typing import Callable
 
-from cbatch import demux
+from cbatch import demux, protocol
 from cbatch.engine import Engine
 from cbatch.errors import CbatchError
 
 RESIZES_PER_S = 10
-
-
-def is_winsize(value: object) -> bool:
-    """[rows, columns] as a terminal reports them."""
-    return (isinstance(value, list) and len(value) == 2
-            and all(type(n) is int and 0 < n < 65536 for n in value))
 
 
 class Terminal:
@@ -44,7 +38,7 @@ class Terminal:
 
     def resize(self, winsize: object) -> None:
         """Set the container's terminal size (blocks the caller to pace the calls)."""
-        if not is_winsize(winsize) or winsize == self._size:
+        if not protocol.is_winsize(winsize) or winsize == self._size:
             return
         time.sleep(max(0.0, self._resized_at + 1 / RESIZES_PER_S - time.monotonic()))
         self._size, self._resized_at = winsize, time.monotonic()

@@ -16,7 +16,7 @@ import stat as stat_
 from pathlib import Path
 
 from cbatch import peer as peer_
-from cbatch import torque_records
+from cbatch import policy, torque_records
 from cbatch.config import Config
 from cbatch.errors import NotATorqueJob, PolicyDenied
 
@@ -88,21 +88,22 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
         NotATorqueJob: the peer is not (or no longer) a job pbs_mom started for that uid.
         PolicyDenied: root or system-uid jobs when the policy does not allow them.
     """
-    if not cfg.allow_root and (peer.uid == 0 or peer.uid < cfg.min_uid):
-        hint = ("; if this is not a root job, pbs_mom runs the starter privileged: ask your "
-                "admin to remove $job_starter_run_privileged" if peer.uid == 0 else "")
-        raise PolicyDenied(f"jobs of uid {peer.uid} may not run in containers on this node "
-                           f"(site policy: uid {cfg.min_uid} and above); submit as a regular "
-                           f"user{hint}", claimed_job_id=_claimed_job_id(peer.pid, proc))
     try:
-        st = peer_.stat(peer.pid, proc)
+        policy.admit(cfg, peer.uid)
+    except PolicyDenied as exc:
+        exc.fields["claimed_job_id"] = _claimed_job_id(peer.pid, proc)
+        raise
+    st = peer.stat  # as read at accept
+    try:
+        if st is None:
+            raise ValueError("the peer's process was not read")
         interactive = st.session != peer.pid
         mom_pid = _interactive_mom(peer.pid, st, proc) if interactive else st.ppid
         mom = peer_.stat(mom_pid, proc)
         mom_uid = _uid(mom_pid, proc)
         environ = _read_limited(proc / str(peer.pid) / "environ", MAX_ENVIRON_BYTES)
         cwd = Path(os.readlink(proc / str(peer.pid) / "cwd"))
-        umask = int(peer_.status_field(peer.pid, "Umask", proc), 8)
+        umask = peer.umask
         limits_text = (proc / str(peer.pid) / "limits").read_text()
     except (OSError, KeyError, ValueError) as exc:
         raise NotATorqueJob("the job's starter process vanished while cbatch checked it; "

@@ -12,9 +12,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from cbatch import momjob, momsim
+from cbatch.harness import momjob, momsim
+from cbatch.harness.localnode import LocalNode as DaemonUnderTest
 from tests.harness import images, users
-from tests.harness.daemon import DaemonUnderTest
 
 # overridable, so two test runs on one machine do not remove each other's user
 USER = os.environ.get("CBATCH_TEST_USER", "cbtest1")

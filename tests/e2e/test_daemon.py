@@ -128,7 +128,7 @@ def test_a_second_starter_for_a_running_job_task_is_refused(daemon, submit):
 
 
 def test_the_parent_check_can_be_relaxed_for_demos_only(image_ids, site_dirs, test_user):
-    from cbatch import momsim
+    from cbatch.harness import momsim
     from tests.e2e.conftest import job_spec, make_daemon
     d = make_daemon(image_ids, site_dirs, torque={"require_pbs_mom_parent": False})
     d.start()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from cbatch.localnode import installed
+from cbatch.harness.localnode import installed
 from tests.e2e.conftest import GROUP, USER
 from tests.harness import users
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cbatch import momjob
+from cbatch.harness import momjob
 from tests.e2e.conftest import job_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.harness]

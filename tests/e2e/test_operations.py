@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cbatch.localnode import installed
+from cbatch.harness.localnode import installed
 from tests.e2e.conftest import make_daemon
 
 pytestmark = [pytest.mark.docker, pytest.mark.harness]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import docker
 
-from cbatch import rootfs
+from cbatch.harness import rootfs
 
 TAG = "cbatch-test"
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from cbatch import admin
+from cbatch.admin import cli as admin
 
 
 def _subparsers(parser: argparse.ArgumentParser):

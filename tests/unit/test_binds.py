@@ -154,9 +154,9 @@ def test_node_files_only_from_torques_aux_folder(place):
 
 
 def test_missing_site_folder_fails_unless_optional():
-    from cbatch.errors import ContainerFailed
+    from cbatch.errors import NodeIncomplete
     job = make_job(home=Path("/nonexistent"), cwd=Path("/tmp"), env={})
-    with pytest.raises(ContainerFailed, match="/nowhere is missing on this node"):
+    with pytest.raises(NodeIncomplete, match="/nowhere is missing on this node"):
         resolve(job, make_decision(mounts=[{"path": "/nowhere"}]))
     assert resolve(job, make_decision(mounts=[{"path": "/nowhere", "optional": True}]))
 

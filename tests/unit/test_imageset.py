@@ -3,7 +3,8 @@ at its boundary; the real engine's list, pull, prune and refusal are in e2e/test
 
 import pytest
 
-from cbatch import config, imageset
+from cbatch import config
+from cbatch.admin import images as imageset
 from cbatch import engine as engine_
 
 REPO = "reg.example/hep/el9"
@@ -25,13 +26,12 @@ def test_prune_removes_only_unpinned_images_of_pinned_repositories(mocker):
         {"Id": "sha256:" + "d" * 64, "RepoDigests": [], "RepoTags": []},  # pinned by id
         {"Id": "i-built", "RepoDigests": [], "RepoTags": ["mine:latest"]},
     ]
-    mocker.patch.object(engine_, "local_images", return_value=node)
-    remove = mocker.patch.object(engine_, "remove_image",
-                                 side_effect=lambda e, i: "in use by a container" if i == "i-busy"
-                                 else None)
-    assert imageset.prune(cfg(), engine=None) == [
+    engine = mocker.create_autospec(engine_.Engine, instance=True)
+    engine.images.return_value = node
+    engine.remove_image.side_effect = lambda i: "in use by a container" if i == "i-busy" else None
+    assert imageset.prune(cfg(), engine=engine) == [
         (f"{REPO}@{OLD}", None), (f"{REPO}@{OLDER}", "in use by a container")]
-    assert [c.args[1] for c in remove.call_args_list] == ["i-old", "i-busy"]
+    assert [c.args[0] for c in engine.remove_image.call_args_list] == ["i-old", "i-busy"]
 
 
 
@@ -54,7 +54,6 @@ def test_pull_failures_are_worded_for_the_admin(mocker):
     import docker
     import requests
 
-    mocker.patch.object(engine_, "_present", set())
     server_error = requests.Response()
     server_error.status_code = 500
     refused = docker.errors.APIError(
@@ -84,7 +83,6 @@ def test_pulls_are_counted_for_metrics(mocker):
 
     from cbatch import metrics
 
-    mocker.patch.object(engine_, "_present", set())
 
     def count(result):
         return metrics.REGISTRY.get_sample_value("cbatch_image_pulls_total", {"result": result})
@@ -93,7 +91,6 @@ def test_pulls_are_counted_for_metrics(mocker):
     engine = _engine_whose_pull(mocker, None)
     engine.ensure_image(f"{REPO}@{PIN}", "missing")
     failing = _engine_whose_pull(mocker, docker.errors.APIError("500 Server Error"))
-    mocker.patch.object(engine_, "_present", set())
     with pytest.raises(engine_.EngineError):
         failing.ensure_image(f"{REPO}@{PIN}", "missing")
     assert (count("ok"), count("failed")) == (before[0] + 1, before[1] + 1)

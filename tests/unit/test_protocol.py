@@ -48,16 +48,16 @@ def test_truncated_frame_is_a_protocol_error(pair):
     a, b = pair
     a.sendall(protocol.encode("stdout", b"12345")[:-2])
     a.close()
-    with pytest.raises(protocol.ProtocolError, match="middle of a frame"):
+    with pytest.raises(protocol.FrameError, match="middle of a frame"):
         protocol.recv(b)
 
 
 def test_oversized_frame_is_refused_without_reading_it(pair):
     a, b = pair
     a.sendall(struct.pack(">II", 10, protocol.MAX_PAYLOAD + 1))
-    with pytest.raises(protocol.ProtocolError, match="too large"):
+    with pytest.raises(protocol.FrameError, match="too large"):
         protocol.recv(b)
-    with pytest.raises(protocol.ProtocolError):
+    with pytest.raises(protocol.FrameError):
         protocol.encode("stdout", b"x" * (protocol.MAX_PAYLOAD + 1))
 
 
@@ -65,7 +65,7 @@ def test_oversized_frame_is_refused_without_reading_it(pair):
 def test_malformed_header_is_a_protocol_error(pair, header):
     a, b = pair
     a.sendall(struct.pack(">II", len(header), 0) + header)
-    with pytest.raises(protocol.ProtocolError):
+    with pytest.raises(protocol.FrameError):
         protocol.recv(b)
 
 
@@ -85,7 +85,7 @@ def test_descriptors_beyond_the_bound_are_closed_as_they_arrive(pair):
                                          array.array("i", [r, w]))])
         before = _open_fds()
         fds: list[int] = []
-        with pytest.raises(protocol.ProtocolError, match="too many file descriptors"):
+        with pytest.raises(protocol.FrameError, match="too many file descriptors"):
             protocol.recv(b, fds)
         assert len(fds) == protocol.MAX_FDS
         assert _open_fds() == before + protocol.MAX_FDS  # the surplus pair was closed
@@ -110,7 +110,7 @@ def test_a_frame_must_arrive_whole_within_the_timeout(pair):
     sender = threading.Thread(target=trickle, daemon=True)
     sender.start()
     started = time.monotonic()
-    with pytest.raises(protocol.ProtocolError, match="did not arrive in time"):
+    with pytest.raises(protocol.FrameError, match="did not arrive in time"):
         protocol.recv(b, [], timeout_s=0.3)
     assert time.monotonic() - started < 0.6
     assert b.gettimeout() is None  # the socket is left as it was found
@@ -125,7 +125,7 @@ def test_a_frame_must_arrive_whole_within_the_timeout(pair):
 def test_deeply_nested_headers_are_a_protocol_error(pair, header):
     a, b = pair
     a.sendall(struct.pack(">II", len(header), 0) + header)
-    with pytest.raises(protocol.ProtocolError, match="nests deeper than 32"):
+    with pytest.raises(protocol.FrameError, match="nests deeper than 32"):
         protocol.recv(b)
 
 
@@ -135,3 +135,11 @@ def test_brackets_inside_strings_do_not_count_as_nesting(pair):
     protocol.send(a, protocol.KIND_REQUEST, argv=[text], nested=[[[{"a": [1]}]]])
     header, _ = protocol.recv(b)
     assert header["argv"] == [text]
+
+
+@pytest.mark.parametrize("value,ok", [
+    ([24, 80], True), ([1, 65535], True), ([0, 80], False), ([24], False),
+    ((24, 80), False), ([24.0, 80], False), ([True, 80], False), (None, False),
+])
+def test_a_window_size_is_two_positive_ints(value, ok):
+    assert protocol.is_winsize(value) is ok

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from cbatch import config, protocol, session, torque
+from cbatch import config, daemon, protocol, torque
 from cbatch.peer import Peer
 from tests.unit.factories import DIGEST, make_job
 
@@ -28,18 +28,18 @@ class BrokenEngine:
 
 
 def run_session(mocker, engine, job, **request):
+    """The daemon's handling of one connection from job's starter, with a fake engine."""
     mocker.patch.object(torque, "verify", return_value=job)
-    mocker.patch.object(session.peer, "credentials",
-                        return_value=job.peer)
     # no per-job /tmp store: these sessions mount nothing on the host
     cfg = config.parse({"images": {"default": "el9", "aliases": {"el9": {"ref": DIGEST}}},
                         "container": {"tmp_size": None}})
     daemon_end, starter_end = socket.socketpair()
-    s = session.Session(daemon_end, cfg, engine_factory=lambda: engine)
+    d = daemon.Daemon(cfg, Path("/nonexistent"))
+    mocker.patch.object(d, "engine", lambda: engine)
     protocol.send(starter_end, protocol.KIND_REQUEST, b"x\n", v=protocol.VERSION,
                   argv=["/bin/bash"], tty=False, **request)
     with capture_logs() as logs:
-        thread = threading.Thread(target=s.run)
+        thread = threading.Thread(target=d.handle, args=(daemon_end, job.peer))
         thread.start()
         header, _ = protocol.recv(starter_end)
         thread.join(5)
@@ -144,7 +144,7 @@ def test_a_version_of_the_wrong_type_is_named_as_such(tmp_path):
     protocol.send(starter_end, protocol.KIND_REQUEST, b"x\n", v="1", argv=["/bin/bash"],
                   tty=False)
     with capture_logs() as logs:
-        session.Session(daemon_end, cfg).run()
+        daemon.Daemon(cfg, Path("/nonexistent")).handle(daemon_end, Peer(1, 1001, 1001, (), 1))
     header, _ = protocol.recv(starter_end)
     starter_end.close()
     assert header["message"] == ("the request's protocol version is not a number; "

@@ -117,7 +117,7 @@ def test_bash_env_reaches_the_jobs_shells_but_not_the_prologue():
 
 
 def test_container_goes_under_torques_job_cgroup_when_one_exists(tmp_path):
-    from cbatch import cgroups
+    from cbatch import accounting as cgroups
     (tmp_path / "cpuacct" / "torque" / "12.vm").mkdir(parents=True)
     assert cgroups.torque_parent("12.vm", "cgroupfs", tmp_path) == "/torque/12.vm"
     assert cgroups.torque_parent("13.vm", "cgroupfs", tmp_path) is None

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cbatch import errors, momjob, protocol
+from cbatch import errors, protocol
+from cbatch.harness import momjob
 
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "cbatch-starter.c"
 SANITIZERS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-O1"]

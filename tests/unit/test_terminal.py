@@ -47,14 +47,6 @@ class FakeEngine:
         self.sizes.append((rows, cols))
 
 
-@pytest.mark.parametrize("value,ok", [
-    ([24, 80], True), ([1, 65535], True), ([0, 80], False), ([24], False),
-    ((24, 80), False), ([24.0, 80], False), ([True, 80], False), (None, False),
-])
-def test_a_window_size_is_two_positive_ints(value, ok):
-    assert terminal.is_winsize(value) is ok
-
-
 def test_output_goes_on_after_a_detach_until_the_job_ends():
     engine = FakeEngine([stream(b"after\r\n")], running=[True, False])
     term = terminal.Terminal(engine, "c1", stream(b"before\r\n"), structlog.get_logger())

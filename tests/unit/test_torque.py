@@ -119,8 +119,8 @@ def interactive_tree(tmp_path, leader_uid=0, tty=PTS, env=INTERACTIVE_ENV) -> Pa
 
 def verify_starter(home, proc_root, stdin=b"", tty=True):
     """verify() of pid 2001 as this test's own uid (root, so root jobs are allowed)."""
-    from cbatch.peer import Peer
-    who = Peer(pid=2001, uid=os.getuid(), gid=os.getgid(), groups=(), start_ticks=2101)
+    from cbatch.peer import describe
+    who = describe(2001, os.getuid(), os.getgid(), proc_root)
     cfg_ = config.parse({"torque": {"home": str(home)}, "jobs": {"allow_root": True}})
     return torque.verify(cfg_, who, ["/bin/bash"], stdin, tty=tty, proc=proc_root)
 

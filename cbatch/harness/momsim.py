@@ -18,7 +18,7 @@ leader kills its own process group, so Torque records 265 whatever the shell's s
 The harness plays qsub's side of the pty: what the terminal shows is appended to the
 job's .OU path (the transcript; natively there is no .OU), keystrokes come by command.
 
-Run as ``python -m cbatch.momsim '<json JobSpec>'``; it prints JSON lines on stdout
+Run as ``python -m cbatch.harness.momsim '<json JobSpec>'``; it prints JSON lines on stdout
 ({"starter_pid": N}, then {"exit_status": N}) and takes commands on stdin
 ("qdel <kill_delay_s>", "signal <N>", "suspend", "resume", "walltime <limit_s>", and for
 interactive jobs "type <json string>", "winsize <rows> <cols>").

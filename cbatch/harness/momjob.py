@@ -1,6 +1,6 @@
-"""Drive jobs launched by cbatch.momsim from a test, the demo or a benchmark.
+"""Drive jobs launched by cbatch.harness.momsim from a test, the demo or a benchmark.
 
-MomJob starts `python -m cbatch.momsim` (which plays pbs_mom), sends it qdel/qsig
+MomJob starts `python -m cbatch.harness.momsim` (which plays pbs_mom), sends it qdel/qsig
 commands and reads Torque's exit_status and the job's output files. installed_starter finds
 the cbatch-starter that pbs_mom would run.
 """
@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from cbatch.momsim import JobSpec, stage
+from cbatch.harness.momsim import JobSpec, stage
 
 STARTER = "cbatch-starter"
 
@@ -26,21 +26,22 @@ STARTER = "cbatch-starter"
 def installed_starter() -> Path:
     """The installed cbatch-starter (a static executable every job user can run).
 
-    Looked up beside this Python's console scripts (the install's own), then on PATH.
+    The Debian package's first, then beside this Python's console scripts, then on PATH.
     """
-    for candidate in (Path(sysconfig.get_path("scripts")) / STARTER, shutil.which(STARTER)):
+    for candidate in (Path("/usr/bin") / STARTER, Path(sysconfig.get_path("scripts")) / STARTER,
+                      shutil.which(STARTER)):
         if candidate and os.access(candidate, os.X_OK):
             return Path(candidate)
     raise FileNotFoundError(f"{STARTER} is not installed; run scripts/setup-node.sh")
 
 
 class MomJob:
-    """A job started through `python -m cbatch.momsim`, driven from a test or the demo."""
+    """A job started through `python -m cbatch.harness.momsim`, driven from a test or the demo."""
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
         self.paths = stage(spec)
-        self.proc = subprocess.Popen([sys.executable, "-m", "cbatch.momsim",
+        self.proc = subprocess.Popen([sys.executable, "-m", "cbatch.harness.momsim",
                                       json.dumps(dataclasses.asdict(spec))],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      start_new_session=True)

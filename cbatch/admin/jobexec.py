@@ -12,25 +12,19 @@ import threading
 import time
 from typing import Callable
 
-from cbatch import adminops, demux, peer, protocol, terminal
+from cbatch import demux, peer, protocol
+from cbatch.admin import ops
 from cbatch.config import Config
+from cbatch.container import Labels
 from cbatch.engine import Engine
-from cbatch.errors import EXIT_NODE_FAILURE, CbatchError, ProtocolError, RequestError
-
-MAX_ARGV = 256
+from cbatch.errors import EXIT_NODE_FAILURE, CbatchError, ExecRefused
 
 
-class ExecRefused(RequestError):
-    pass
 
-
-def serve(conn: socket.socket, cfg: Config, header: dict,
+def serve(conn: socket.socket, cfg: Config, who: peer.Peer, header: dict,
           engine_factory: Callable[[], Engine], log) -> None:
-    """One `cbatch exec` connection, to its end. Refusals are answered and logged here."""
-    try:
-        who = peer.credentials(conn)
-    except OSError as exc:
-        raise ProtocolError("the exec client went away") from exc
+    """One `cbatch exec` connection of `who`, to its end. Refusals are answered and logged
+    here."""
     conn.settimeout(None)  # a shell may sit idle for hours
     job_id = str(header.get("job_id", ""))[:64]
     log = log.bind(job_id=job_id, caller_uid=who.uid, peer_pid=who.pid)
@@ -43,10 +37,10 @@ def serve(conn: socket.socket, cfg: Config, header: dict,
             log.warning("exec_refused", **exc.log_fields())
             _send(conn, protocol.KIND_ERROR, status=exc.exit_status, message=str(exc))
             return
-        labels = container.get("Labels") or {}
+        labels = Labels.of(container)
         state = engine.inspect(container["Id"])["Config"]
-        log = log.bind(job_id=labels.get("cbatch.job_id"), user=labels.get("cbatch.user"),
-                       uid=int(labels.get("cbatch.uid", -1)), container_id=container["Id"][:12])
+        log = log.bind(job_id=labels.job_id or None, user=labels.user or None,
+                       uid=int(labels.uid or -1), container_id=container["Id"][:12])
         exec_id, stream = engine.exec_start(container["Id"], _sized(argv, winsize),
                                             state.get("User") or "",
                                             state.get("WorkingDir") or "", tty)
@@ -63,14 +57,14 @@ def serve(conn: socket.socket, cfg: Config, header: dict,
 
 def _read(header: dict) -> tuple[list[str], bool, list[int] | None]:
     argv = header.get("argv")
-    if (not isinstance(argv, list) or not argv or len(argv) > MAX_ARGV
+    if (not isinstance(argv, list) or not argv or len(argv) > protocol.MAX_ARGV
             or not all(isinstance(a, str) for a in argv)):
         raise ExecRefused("exec: the command is not a list of words")
     if type(header.get("v")) is not int or header["v"] != protocol.VERSION:  # noqa: E721
         raise ExecRefused(f"exec: this cbatch speaks protocol {str(header.get('v'))[:20]}, "
                           f"cbatchd speaks {protocol.VERSION}; use the node's own cbatch")
     winsize = header.get("winsize")
-    if winsize is not None and not terminal.is_winsize(winsize):
+    if winsize is not None and not protocol.is_winsize(winsize):
         raise ExecRefused("exec: the window size is not [rows, columns]")
     return argv, bool(header.get("tty")), winsize
 
@@ -93,15 +87,15 @@ def _target(engine: Engine, cfg: Config, who: peer.Peer, job_id: str) -> dict:
     if not job_id:
         raise ExecRefused("exec: no job id given")
     found = [c for c in engine.containers() if c.get("State") == "running"
-             and _names(job_id, (c.get("Labels") or {}).get("cbatch.job_id", ""))]
+             and _names(job_id, Labels.of(c).job_id)]
     if not found:
         raise ExecRefused(f"no running job {job_id} on this node; `qstat -n {job_id}` "
                           "names the nodes it runs on")
     # the job's top task (the batch script's shell) before any TM task of the same job
-    found.sort(key=lambda c: (c["Labels"].get("cbatch.task") != "1", c["Created"]))
+    found.sort(key=lambda c: (Labels.of(c).task != "1", c["Created"]))
     container = found[0]
-    owner = (container.get("Labels") or {}).get("cbatch.uid")
-    if owner != str(who.uid) and not adminops.is_admin(cfg, who):
+    owner = Labels.of(container).uid or None
+    if owner != str(who.uid) and not ops.is_admin(cfg, who):
         raise ExecRefused(f"job {job_id} is not yours: only its owner and this node's admins "
                           "may run commands in it", owner_uid=owner,
                           container_id=container["Id"][:12])
@@ -124,7 +118,7 @@ def _relay(conn: socket.socket, engine: Engine, exec_id: str, stream: socket.soc
         while True:
             try:
                 header, payload = protocol.recv(conn)
-            except (protocol.PeerClosed, protocol.ProtocolError, OSError):
+            except (protocol.PeerClosed, protocol.FrameError, OSError):
                 break  # the client left, or the pump closed the connection at the end
             kind = header.get("t")
             if kind == protocol.KIND_INPUT and header.get("eof"):
@@ -134,7 +128,7 @@ def _relay(conn: socket.socket, engine: Engine, exec_id: str, stream: socket.soc
                     stream.sendall(payload)
                 except OSError:
                     pass  # the command is gone; its end arrives through the pump
-            elif kind == protocol.KIND_RESIZE and terminal.is_winsize(header.get("winsize")):
+            elif kind == protocol.KIND_RESIZE and protocol.is_winsize(header.get("winsize")):
                 _resize(engine, exec_id, header["winsize"], log)
     finally:
         _shutdown(stream, socket.SHUT_RDWR)  # a client gone: the command loses its terminal

@@ -12,8 +12,9 @@ import pwd
 import subprocess
 import sys
 
-from cbatch import config, engine as engine_, momjob, rootfs
-from cbatch.localnode import LocalNode
+from cbatch import config, engine as engine_
+from cbatch.harness import momjob, rootfs
+from cbatch.harness.localnode import LocalNode
 
 DEMO_IMAGE = "cbatch-demo:latest"
 SCRIPT = """#!/bin/bash
@@ -43,15 +44,15 @@ def ensure_image(engine: engine_.Engine) -> tuple[str, str]:
     try:
         site = config.load()
         pinned = site.image(site.default_image)
-        if pinned and engine_.image_id(engine, pinned.ref):
-            return engine_.image_id(engine, pinned.ref), f"the site's default {pinned.ref}"
+        if pinned and engine.image_id(pinned.ref):
+            return engine.image_id(pinned.ref), f"the site's default {pinned.ref}"
     except config.ConfigError:
         pass
-    found = engine_.image_id(engine, DEMO_IMAGE)
+    found = engine.image_id(DEMO_IMAGE)
     if found:
         return found, f"{DEMO_IMAGE} (the site's default image is not on this node)"
     print(f"demo: the site's default image is absent; building {DEMO_IMAGE} from host binaries")
-    built = engine_.import_rootfs(engine, rootfs.build(), *DEMO_IMAGE.split(":"))
+    built = engine.import_rootfs(rootfs.build(), *DEMO_IMAGE.split(":"))
     return built, f"{DEMO_IMAGE}, just built from host programs"
 
 

@@ -19,7 +19,7 @@ import tty as tty_
 from pathlib import Path
 
 from cbatch import protocol
-from cbatch.errors import EXIT_NODE_FAILURE, CbatchError
+from cbatch.errors import EXIT_NODE_FAILURE, CbatchError, DaemonRefused, DaemonUnreachable
 
 # A login shell of the job's user, the job's $SHELL when the image has it.
 SHELL = ["/bin/sh", "-c", 'if [ -x "$SHELL" ]; then exec "$SHELL" -l; fi; exec /bin/sh -l']
@@ -32,7 +32,7 @@ def run(socket_path: Path, job_id: str, argv: list[str]) -> int:
         sock.connect(str(socket_path))
     except OSError as exc:
         sock.close()
-        raise CbatchError(f"cannot reach cbatchd at {socket_path} ({exc.strerror}); is this "
+        raise DaemonUnreachable(f"cannot reach cbatchd at {socket_path} ({exc.strerror}); is this "
                           "the node the job runs on?") from exc
     with sock:
         protocol.send(sock, protocol.KIND_EXEC, v=protocol.VERSION, job_id=job_id,
@@ -89,8 +89,8 @@ def _frame(sock: socket.socket) -> int | None:
     """Handle one frame from the daemon; the exit status once the command has ended."""
     try:
         header, payload = protocol.recv(sock)
-    except (protocol.PeerClosed, protocol.ProtocolError, OSError) as exc:
-        raise CbatchError(f"cbatchd ended the connection ({exc or 'closed'}); the command's "
+    except (protocol.PeerClosed, protocol.FrameError, OSError) as exc:
+        raise DaemonUnreachable(f"cbatchd ended the connection ({exc or 'closed'}); the command's "
                           "end is unknown") from exc
     kind = header.get("t")
     if kind in (protocol.KIND_STDOUT, protocol.KIND_STDERR):
@@ -98,16 +98,8 @@ def _frame(sock: socket.socket) -> int | None:
     elif kind == protocol.KIND_EXIT:
         return int(header.get("status", EXIT_NODE_FAILURE))
     elif kind == protocol.KIND_ERROR:
-        raise Refused(str(header.get("message")), int(header.get("status", EXIT_NODE_FAILURE)))
+        raise DaemonRefused(str(header.get("message")), int(header.get("status", EXIT_NODE_FAILURE)))
     return None
-
-
-class Refused(CbatchError):
-    """The daemon's one-line answer, with the status it chose."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.exit_status = status
 
 
 def _write(fd: int, data: bytes) -> None:

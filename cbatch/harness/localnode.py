@@ -2,7 +2,7 @@
 
 Shared by `cbatch demo`, the tests and the benchmarks: it writes a policy, uses the
 installed starter, starts and stops the daemon, reads its JSON log
-records, and makes JobSpecs that cbatch.momsim launches as pbs_mom would.
+records, and makes JobSpecs that cbatch.harness.momsim launches as pbs_mom would.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cbatch import momjob
-from cbatch.momsim import JobSpec
+from cbatch.harness import momjob
+from cbatch.harness.momsim import JobSpec
 
 
 class LocalNode:
@@ -32,7 +32,7 @@ class LocalNode:
         self.log_path = self.root / "cbatchd.log"
         self.starter = str(momjob.installed_starter())  # as pbs_mom runs it
         pbs_track = self.root / "pbs_track"  # behaves as Torque's (momsim.pbs_track)
-        pbs_track.write_text(f"#!/bin/sh\nexec /usr/bin/python3 -I -m cbatch.momsim pbs_track "
+        pbs_track.write_text(f"#!/bin/sh\nexec /usr/bin/python3 -I -m cbatch.harness.momsim pbs_track "
                              f"{self.torque_home} \"$@\"\n")
         os.chmod(pbs_track, 0o755)
         settings: dict = {
@@ -106,10 +106,10 @@ class LocalNode:
 
 
 def installed(program: str) -> str:
-    """The installed program (scripts/setup-node.sh puts cbatch's in /usr/local/bin)."""
-    path = Path(sysconfig.get_path("scripts")) / program
+    """The installed program: the Debian package's (/usr/bin), else beside this Python's."""
+    path = Path("/usr/bin") / program
     if not os.access(path, os.X_OK):
-        path = Path("/usr/local/bin") / program
+        path = Path(sysconfig.get_path("scripts")) / program
     if not os.access(path, os.X_OK):
         raise RuntimeError(f"{program} is not installed: run scripts/setup-node.sh")
     return str(path)

@@ -6,8 +6,10 @@ import grp
 import signal
 
 from cbatch.config import Config
+from cbatch.container import Labels
 from cbatch.engine import Engine
-from cbatch.errors import RequestError
+from cbatch import protocol
+from cbatch.errors import AdminRefused
 from cbatch.peer import Peer
 
 
@@ -23,6 +25,19 @@ def is_admin(cfg: Config, who: Peer) -> bool:
     return gid == who.gid or gid in who.groups
 
 
+def serve(conn, cfg: Config, who: Peer, header: dict, engine_factory, log) -> None:
+    """ps and kill for uid 0 and the admin group; AdminRefused for everyone else."""
+    if not is_admin(cfg, who):
+        raise AdminRefused("admin operations are for root and the admin group only")
+    engine = engine_factory()
+    try:
+        reply = handle(engine, header)
+    finally:
+        engine.close()
+    log.info("admin_operation", **{k: v for k, v in reply.items() if k != "containers"})
+    protocol.send(conn, protocol.KIND_REPLY, **reply)
+
+
 def handle(engine: Engine, header: dict) -> dict:
     """Serve one admin request; the reply's fields."""
     op = header.get("op")
@@ -31,25 +46,23 @@ def handle(engine: Engine, header: dict) -> dict:
     if op == "ps":
         rows = []
         for c in engine.containers():
-            labels = c.get("Labels") or {}
-            rows.append({"job_id": labels.get("cbatch.job_id", "?"),
-                         "task": labels.get("cbatch.task", "?"),
-                         "user": labels.get("cbatch.user", "?"),
-                         "image": labels.get("cbatch.image", "?"),
+            labels = Labels.of(c)
+            rows.append({"job_id": labels.job_id or "?", "task": labels.task or "?",
+                         "user": labels.user or "?", "image": labels.image or "?",
                          "state": c.get("State", "?"), "container_id": c["Id"][:12],
-                         "starter_pid": labels.get("cbatch.starter_pid", "?")})
+                         "starter_pid": labels.starter_pid or "?"})
         return {"ok": True, "op": "ps", "containers": rows}
     if op == "kill":
         job_id = str(header.get("job_id", ""))
         try:
             signum = signal.Signals(int(header.get("signal", signal.SIGKILL)))
         except (TypeError, ValueError):
-            raise RequestError("kill: not a signal number") from None
+            raise AdminRefused("kill: not a signal number") from None
         found = engine.containers(job_id=job_id) if job_id else []
         if not found:
-            raise RequestError(f"no container for job {job_id} on this node")
+            raise AdminRefused(f"no container for job {job_id} on this node")
         for c in found:
             engine.kill(c["Id"], signum)
         return {"ok": True, "op": "kill", "job_id": job_id, "signal": signum.name,
                 "count": len(found)}
-    raise RequestError(f"unknown admin operation {str(op)[:20]!r}")
+    raise AdminRefused(f"unknown admin operation {str(op)[:20]!r}")

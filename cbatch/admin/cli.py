@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from cbatch import config
-from cbatch.errors import CbatchError, ConfigError, for_admin
+from cbatch.errors import (AdminRefused, CbatchError, ConfigError, DaemonRefused,
+                           DaemonUnreachable, EngineUnavailable, for_admin)
 
 
 def _engine():
@@ -40,12 +41,11 @@ def check_config(args: argparse.Namespace) -> int:
 def _default_image_note(cfg: config.Config) -> str:
     """Raises ConfigError when the default image is not on this node and will not be
     pulled; a note for the ok line when it will be."""
-    from cbatch.engine import image_id
     default = cfg.image(cfg.default_image)
     try:
-        present = image_id(_engine(), default.ref) is not None
+        present = _engine().image_id(default.ref) is not None
     except CbatchError as exc:
-        raise CbatchError("cannot check that the default image is on this node: Docker is "
+        raise EngineUnavailable("cannot check that the default image is on this node: Docker is "
                           f"not answering ({exc.fields.get('docker_error', exc)}); start it, or "
                           "check the file alone with --no-docker") from exc
     if present:
@@ -68,10 +68,10 @@ def _ask_daemon(args: argparse.Namespace, timeout_s: float = 30, **request: obje
             sock.connect(str(cfg.socket_path))
             protocol.send(sock, protocol.KIND_ADMIN, **request)
             header, _ = protocol.recv(sock)
-        except (OSError, protocol.ProtocolError, protocol.PeerClosed) as exc:
-            raise CbatchError(f"cannot talk to cbatchd on {cfg.socket_path}: {exc}") from exc
+        except (OSError, protocol.FrameError, protocol.PeerClosed) as exc:
+            raise DaemonUnreachable(f"cannot talk to cbatchd on {cfg.socket_path}: {exc}") from exc
     if header.get("t") == protocol.KIND_ERROR:
-        raise CbatchError(str(header.get("message")))
+        raise DaemonRefused(str(header.get("message")), int(header.get("status", 1)))
     return header
 
 
@@ -83,8 +83,8 @@ def ps(args: argparse.Namespace) -> int:
             raise
         # the daemon is down or stuck: root can still see the jobs' containers in Docker
         print(f"cbatch: {exc}; listing from Docker directly", file=sys.stderr)
-        from cbatch import adminops
-        reply = adminops.handle(_engine(), {"op": "ps"})
+        from cbatch.admin import ops
+        reply = ops.handle(_engine(), {"op": "ps"})
     columns = {"job_id": "JOB", "task": "TASK", "user": "USER", "image": "IMAGE",
                "state": "STATE", "container_id": "CONTAINER", "starter_pid": "STARTER"}
     rows = [tuple(columns.values())]
@@ -100,7 +100,7 @@ def kill(args: argparse.Namespace) -> int:
     try:
         signum = signal.Signals[name if name.startswith("SIG") else "SIG" + name]
     except KeyError:
-        raise CbatchError(f"unknown signal {args.signal!r}; use a name like TERM or KILL") from None
+        raise AdminRefused(f"unknown signal {args.signal!r}; use a name like TERM or KILL") from None
     reply = _ask_daemon(args, op="kill", job_id=args.job_id, signal=int(signum))
     print(f"sent {reply['signal']} to {reply['count']} container(s) of job {args.job_id}")
     return 0
@@ -121,7 +121,7 @@ def cleanup(args: argparse.Namespace) -> int:
 
 def images(args: argparse.Namespace) -> int:
     """The pinned set on this node: list it, pull what is missing, prune old pins."""
-    from cbatch import imageset
+    from cbatch.admin import images as imageset
     cfg = config.load(args.config)
     if args.action == "pull":
         outcomes = imageset.pull(cfg, _engine())
@@ -161,11 +161,10 @@ def _health_problem(args: argparse.Namespace) -> str | None:
     except CbatchError as exc:
         return f"cbatchd is not answering ({exc})"
     try:
-        from cbatch.engine import image_id
         engine = _engine()
         engine.ping()
         default = cfg.image(cfg.default_image)
-        if default and cfg.pull == "never" and image_id(engine, default.ref) is None:
+        if default and cfg.pull == "never" and engine.image_id(default.ref) is None:
             return f"default image {default.alias} ({default.ref}) is missing on this node"
     except CbatchError as exc:
         return f"docker: {exc}"
@@ -177,7 +176,7 @@ def _health_problem(args: argparse.Namespace) -> str | None:
 
 def exec_(args: argparse.Namespace) -> int:
     """A command or shell in a running job's container; for its owner (no root needed)."""
-    from cbatch import execclient
+    from cbatch.admin import execclient
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
         return execclient.run(_socket_path(args), args.job_id, command)
@@ -197,7 +196,7 @@ def _socket_path(args: argparse.Namespace) -> Path:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from cbatch import demo as demo_
+    from cbatch.harness import demo as demo_
     return demo_.run(user=args.user, keep=args.keep)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from cbatch import engine as engine_
 from cbatch.config import Config
 from cbatch.engine import Engine
 from cbatch.errors import CbatchError, for_admin
@@ -26,7 +25,7 @@ class Present:
 def survey(cfg: Config, engine: Engine) -> list[Present]:
     """Each configured alias, with its image's size when the node has it."""
     by_ref = {}
-    for image in engine_.local_images(engine):
+    for image in engine.images():
         for name in (image["Id"], *(image.get("RepoDigests") or [])):
             by_ref[name] = image.get("Size")
     return [Present(i.alias, i.ref, i.alias == cfg.default_image, by_ref.get(i.ref))
@@ -57,12 +56,12 @@ def prune(cfg: Config, engine: Engine) -> list[tuple[str, str | None]]:
     pinned = {i.ref for i in cfg.images}
     repos = {ref.partition("@")[0] for ref in pinned if "@" in ref}
     results = []
-    for image in engine_.local_images(engine):
+    for image in engine.images():
         digests = image.get("RepoDigests") or []
         tags = [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
         names = [d.partition("@")[0] for d in digests] + [t.rpartition(":")[0] for t in tags]
         if (not digests or image["Id"] in pinned or pinned.intersection(digests)
                 or not all(n in repos for n in names)):
             continue
-        results.append((digests[0], engine_.remove_image(engine, image["Id"])))
+        results.append((digests[0], engine.remove_image(image["Id"])))
     return results
