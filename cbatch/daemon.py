@@ -25,7 +25,8 @@ from cbatch.admin import jobexec, ops
 from cbatch.engine import Engine, NodeImages
 from cbatch.errors import EXIT_NODE_FAILURE, CbatchError, ConfigError, ProtocolError
 from cbatch.peer import Peer
-from cbatch.session import Session, refuse, report_bug
+from cbatch.failures import refuse, report_bug
+from cbatch.session import Session
 
 
 # When accept() fails (EMFILE, ENFILE, ENOBUFS, ENOMEM: the node is short of fds, buffers
@@ -154,7 +155,7 @@ class Daemon:
             if header["t"] == protocol.KIND_EXEC:  # cbatch exec; answered and logged there
                 return jobexec.serve(conn, cfg, who, header, self.engine, log)
             session = Session(conn, cfg, who, protocol.parse_request(header, payload), fds,
-                              self.engine, log)
+                              self.engine, log, marks["accepted"])
             with self.lock:
                 self.sessions.add(session)
             try:

@@ -46,7 +46,8 @@ def _translate(action: str, **fields: object) -> Iterator[None]:
         raise EngineUnavailable("the container engine on this node is not reachable; the "
                                 "job can be requeued elsewhere", docker_error=str(exc),
                                 **fields) from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+    except (docker.errors.DockerException, docker.errors.StreamParseError,
+            requests.exceptions.RequestException) as exc:  # (StreamParseError: a RuntimeError)
         raise EngineError(f"the container engine failed to {action}",
                           docker_error=str(exc), **fields) from exc
 

@@ -48,6 +48,12 @@ def job_ended(outcome: str, marks: dict[str, float]) -> None:
         LAUNCH.observe(marks["started"] - marks["accepted"])
 
 
+def phases(marks: dict[str, float]) -> dict[str, float]:
+    """Milliseconds between a session's steps, for its log record and the benchmarks."""
+    names = list(marks)
+    return {b: round((marks[b] - marks[a]) * 1000, 1) for a, b in zip(names, names[1:])}
+
+
 def resumed() -> None:
     RECONNECTS.inc()
 

@@ -1,6 +1,7 @@
 """Find cbatch containers whose job is gone and remove them, verifying by listing again.
 
-Runs when the daemon starts, periodically while it runs, and from `cbatch cleanup`.
+Runs when the daemon starts, periodically while it runs, and from `cbatch cleanup`; and
+as a job's container is created, for a stale one of the same job (create).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import time
 from typing import Callable, Iterable
 
 from cbatch import peer
-from cbatch.container import Labels
+from cbatch.container import ContainerSpec, Labels
 from cbatch.engine import Engine
-from cbatch.errors import CbatchError
+from cbatch.errors import AlreadyRunning, CbatchError, ContainerFailed
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,3 +63,24 @@ def sweep(engine: Engine, busy: set[str] = frozenset(),
             break
         time.sleep(0.1)
     return [i for i in leftovers if i.container_id not in pending], sorted(pending)
+
+
+def create(engine: Engine, container: ContainerSpec, log) -> str:
+    """Create a job's container; a stale one of the same job (requeue) is replaced.
+
+    Raises:
+        AlreadyRunning: a container of this job task exists and its starter lives.
+    """
+    try:
+        return engine.create(container)
+    except ContainerFailed as exc:
+        if exc.fields.get("status_code") != 409:
+            raise
+    existing = engine.find(container.name)
+    if existing and not orphans([existing], busy=set()):  # its starter lives
+        raise AlreadyRunning("this job task already runs in a container on this node",
+                             other_container=existing["Id"][:12])
+    if existing:
+        log.info("stale_container_replaced", stale=existing["Id"][:12])
+        engine.remove(existing["Id"])
+    return engine.create(container)

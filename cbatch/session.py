@@ -2,13 +2,13 @@
 
 The daemon hands it a checked Request and the peer it read at accept. Owns the
 container's cleanup (it is removed however the job ends) and the bound log context.
-With the mains, the only place that catches CbatchError (refuse, report_bug).
+With the daemon's dispatcher and the mains, the only place that catches CbatchError:
+what a failure tells the starter and the log is failures.py's.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import threading
@@ -22,9 +22,9 @@ from cbatch import protocol, reconcile, spec, storage, terminal, torque
 from cbatch.config import Config
 from cbatch.container import Bind, Labels
 from cbatch.engine import Engine
-from cbatch.errors import (EXIT_NODE_FAILURE, EXIT_REFUSED, AlreadyRunning, CbatchError,
-                           ContainerFailed, EngineRestarted, NodeIncomplete, ResumeFailed,
-                           ShellUnavailable, oom_message)
+from cbatch.errors import (CbatchError, ContainerFailed, EngineRestarted, NodeIncomplete,
+                           ResumeFailed, ShellUnavailable, oom_message)
+from cbatch.failures import refuse, report_bug
 from cbatch.peer import Peer
 from cbatch.supervise import Supervisor
 
@@ -32,7 +32,8 @@ from cbatch.supervise import Supervisor
 class Session:
     def __init__(self, conn: socket.socket, cfg: Config, who: Peer,
                  request: protocol.Request, fds: list[int],
-                 engine_factory: Callable[[], Engine] = Engine, log=None) -> None:
+                 engine_factory: Callable[[], Engine] = Engine, log=None,
+                 accepted: float | None = None) -> None:
         self.conn, self.cfg, self.who, self.request, self.fds = conn, cfg, who, request, fds
         self.engine_factory = engine_factory
         self.log = log or structlog.get_logger("cbatchd").bind(peer_pid=who.pid, uid=who.uid)
@@ -46,7 +47,7 @@ class Session:
         self.store: storage.Store | None = None  # the job's /tmp and /var/tmp
         self.exit_channel: keeper.ExitChannel | None = None
         self.adoption: threading.Thread | None = None
-        self.marks = {"accepted": time.monotonic()}
+        self.marks = {"accepted": accepted or time.monotonic()}  # (when the daemon did)
 
     def run(self) -> None:
         """The job's whole story; the caller closes the connection and the fds."""
@@ -118,7 +119,7 @@ class Session:
                                keeper=(self.cfg.keeper, self.exit_channel.path))
         self.engine.ensure_image(decision.image.ref, self.cfg.pull)
         self.marks["image"] = time.monotonic()
-        self.container_id = self._create(container)
+        self.container_id = reconcile.create(self.engine, container, self.log)
         self.marks["created"] = time.monotonic()
         self.log = self.log.bind(container_id=self.container_id[:12])
         # Always attach both streams: with output going to files they stay silent unless
@@ -179,22 +180,6 @@ class Session:
         metrics.resumed()
         return attach
 
-    def _create(self, container: spec.ContainerSpec) -> str:
-        """Create the job's container; a stale one of the same job (requeue) is replaced."""
-        try:
-            return self.engine.create(container)
-        except ContainerFailed as exc:
-            if exc.fields.get("status_code") != 409:
-                raise
-        existing = self.engine.find(container.name)
-        if existing and not reconcile.orphans([existing], busy=set()):  # its starter lives
-            raise AlreadyRunning("this job task already runs in a container on this node",
-                                 other_container=existing["Id"][:12])
-        if existing:
-            self.log.info("stale_container_replaced", stale=existing["Id"][:12])
-            self.engine.remove(existing["Id"])
-        return self.engine.create(container)
-
     def _streams_output(self) -> bool:
         """Does job output flow through the attach stream (not straight into files)?"""
         if self.plan is None or self.job.interactive:  # resumed, or a terminal
@@ -224,13 +209,10 @@ class Session:
         self.done.set()
         self._send(protocol.KIND_EXIT, status=status, signal=signum, message=message)
         metrics.job_ended("oom" if oom else "ran", self.marks)
-        names = list(self.marks)
-        phases = {b: round((self.marks[b] - self.marks[a]) * 1000, 1)
-                  for a, b in zip(names, names[1:])}
         self.log.info("job_finished", exit_status=status, signal=signum, oom_killed=oom,
                       starter_gone=watch.starter_gone.is_set(), told_by=watch.status_source,
                       duration_s=round(time.monotonic() - self.marks["accepted"], 3),
-                      phases_ms=phases)
+                      phases_ms=metrics.phases(self.marks))
 
     def _remove(self) -> None:
         self.done.set()
@@ -254,28 +236,6 @@ class Session:
             return True
         except OSError:
             return False
-
-
-def refuse(send: Callable[..., bool], log, exc: CbatchError, marks: dict[str, float]) -> None:
-    """One ERROR frame with the owner's line, one record for the admin."""
-    fields = exc.log_fields()
-    if exc.exit_status == EXIT_REFUSED:  # the user's side: an expected refusal
-        log.warning("job_refused", exit_status=exc.exit_status, **fields)
-    else:
-        log.error("job_failed", exit_status=exc.exit_status,
-                  cause=repr(exc.__cause__) if exc.__cause__ else None, **fields)
-    send(protocol.KIND_ERROR, status=exc.exit_status, message=str(exc))
-    metrics.job_ended("refused" if exc.exit_status == EXIT_REFUSED else "node_failure", marks)
-
-
-def report_bug(send: Callable[..., bool], log) -> None:
-    """A bug (not a CbatchError): logged with its traceback; the user gets an incident id."""
-    incident = secrets.token_hex(3)
-    log.exception("internal_error", incident=incident)
-    send(protocol.KIND_ERROR, status=EXIT_NODE_FAILURE,
-         message=f"internal error in cbatchd on {os.uname().nodename} "
-                 f"(incident {incident}); your job did not complete; "
-                 "please report this id to your admin")
 
 
 def _client_binds(cfg: Config) -> tuple[Bind, ...]:

@@ -67,3 +67,29 @@ def test_kill_and_remove_of_a_gone_container_are_not_errors(api):
     e = engine.Engine()
     e.kill("abc", 15)
     e.remove("abc")
+
+
+def _docker_errors():
+    """Every exception class docker.errors defines (the httpx test_exceptions idea)."""
+    import inspect
+
+    import docker.errors
+    return [c for _, c in inspect.getmembers(docker.errors, inspect.isclass)
+            if issubclass(c, Exception) and c.__module__.startswith("docker")]
+
+
+def _instance(cls):
+    import inspect
+    params = [p for p in inspect.signature(cls.__init__).parameters.values()
+              if p.name != "self" and p.default is p.empty
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return cls(*["x"] * len(params))
+
+
+@pytest.mark.parametrize("cls", _docker_errors(), ids=lambda c: c.__name__)
+def test_every_docker_error_is_translated_into_an_engine_error(cls):
+    from cbatch.errors import EngineError
+    with pytest.raises(EngineError) as caught:
+        with engine._translate("be tested"):
+            raise _instance(cls)
+    assert isinstance(caught.value.__cause__, cls) and "\n" not in str(caught.value)

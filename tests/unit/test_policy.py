@@ -50,3 +50,32 @@ def test_unknown_image_is_refused():
 def test_site_mounts_follow_their_audience():
     assert [str(m.path) for m in decide().site_mounts] == ["/cvmfs"]
     assert [str(m.path) for m in decide(groups=["atlas"]).site_mounts] == ["/cvmfs", "/data/atlas"]
+
+
+@pytest.mark.parametrize("uid,settings,refused", [
+    (0, {}, True), (999, {}, True), (1000, {}, False),
+    (1500, {"jobs": {"min_uid": 2000}}, True),
+    (0, {"jobs": {"allow_root": True}}, False),
+])
+def test_root_and_system_uids_are_refused_unless_allowed(uid, settings, refused):
+    cfg = config.parse(settings)
+    if refused:
+        with pytest.raises(PolicyDenied, match=f"jobs of uid {uid} may not run"):
+            policy.admit(cfg, uid)
+    else:
+        policy.admit(cfg, uid)
+
+
+def test_group_names_are_looked_up_only_when_an_audience_names_groups():
+    import grp
+    gid = grp.getgrnam("root").gr_gid
+    assert policy.group_names(config.parse({}), (gid,)) == frozenset()
+    assert policy.group_names(CFG, (gid, 2**31 - 7)) == {"root"}  # an unknown gid: no name
+
+
+def test_a_working_directory_in_a_system_folder_is_refused():
+    from pathlib import Path
+    decision = decide()
+    policy.check_workdir(Path("/home/bob/run"), decision, Path("/var/spool/torque"))
+    with pytest.raises(PolicyDenied, match="working directory /etc cannot be used"):
+        policy.check_workdir(Path("/etc"), decision, Path("/var/spool/torque"))
