@@ -69,6 +69,7 @@ class Config:
     job_cgroup: bool = True  # put containers under Torque's torque/<job id> cgroup if present
     pbs_track: Path | None = Path("/usr/local/bin/pbs_track")  # adopt when no job cgroup
     clients: tuple[Path, ...] = ()  # Torque clients every container gets (clients.py)
+    sister_port: int | None = 1019  # where sisters ask for a job's directives (sisters.py)
     allow_root: bool = False
     min_uid: int = 1000
     drop_env: tuple[str, ...] = ()
@@ -281,6 +282,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
         pbs_track=(_absolute(torque, "pbs_track", None) if "pbs_track" in torque.data
                    else d.pbs_track),  # null turns adoption off
         clients=_paths(torque, "clients"),
+        sister_port=(None if "sister_port" in torque.data and torque.data["sister_port"] is None
+                     else torque.get("sister_port", int, d.sister_port)),  # null: off
         allow_root=jobs.get("allow_root", bool, False),
         min_uid=jobs.get("min_uid", int, d.min_uid),
         drop_env=jobs.names("drop_env"),
@@ -315,6 +318,9 @@ def parse(data: Any, source: Path | None = None) -> Config:
         raise metrics.fail("textfile", "must end in .prom (node_exporter reads only those)")
     if not 1 <= fields["metrics_interval_s"] <= 3600:
         raise metrics.fail("interval_s", "must be between 1 and 3600 seconds")
+    if fields["sister_port"] is not None and not 1 <= fields["sister_port"] < 1024:
+        raise torque.fail("sister_port", "must be a privileged port (1-1023): only root may "
+                                         "answer there")
     if fields["pids_limit"] < 16:
         raise container.fail("pids_limit", "must be at least 16")
 

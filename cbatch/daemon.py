@@ -20,7 +20,8 @@ from pathlib import Path
 
 import structlog
 
-from cbatch import config, logs, metrics, nofile, outputs, protocol, reconcile, server, systemd
+from cbatch import config, logs, metrics, nofile, outputs, protocol, reconcile, server, sisters
+from cbatch import systemd, torque, torque_records
 from cbatch.admin import jobexec, ops
 from cbatch.engine import Engine, NodeImages
 from cbatch.errors import EXIT_NODE_FAILURE, CbatchError, ConfigError, ProtocolError
@@ -48,6 +49,26 @@ class Daemon:
     def engine(self) -> Engine:
         return Engine(node=self.images)
 
+    def _answer_sisters(self) -> sisters.Server | None:
+        """Tell sister nodes the directives of the jobs whose scripts this node holds."""
+        if self.cfg.sister_port is None:
+            return None
+        jobs = torque.jobs_dir(self.cfg.torque_home)
+
+        def nodes_of(job_id: str) -> list[str]:
+            prefix = torque.prefix_of(job_id)
+            found = sisters.find_job_file(jobs, prefix, ".JB")
+            if found is None:
+                return []
+            return list(torque_records.read(jobs, found.name[:-3], job_id).hosts)
+
+        try:
+            return sisters.Server(jobs, nodes_of, self.log, port=self.cfg.sister_port).start()
+        except OSError as exc:  # jobs here still run; only sisters' tasks cannot learn
+            self.log.error("sister_port_unavailable", port=self.cfg.sister_port,
+                           error=exc.strerror)
+            return None
+
     def serve(self) -> int:
         self._check_nofile(self.cfg)
         removed = outputs.clean(self.cfg.placeholder_dir)
@@ -55,6 +76,7 @@ class Daemon:
             self.log.info("placeholders_cleaned", count=removed)
         self.sweep()
         listener = server.bind(self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group)
+        answering = self._answer_sisters()
         srv = server.Server(listener, self.handle, lambda: (
             self.cfg.max_connections_per_user, self.cfg.max_connections), self._refuse_crowded)
         wake_r, wake_w = socket.socketpair()
@@ -112,6 +134,8 @@ class Daemon:
                             return self.stop(listener)
         finally:
             signal.set_wakeup_fd(-1)
+            if answering is not None:
+                answering.close()
 
     def _running(self) -> int:
         with self.lock:

@@ -116,6 +116,10 @@ class DaemonUnreachable(NodeError):
     pass
 
 
+class MotherSuperiorSilent(NodeError):
+    """A sister could not learn the job's directives from its mother superior."""
+
+
 class EngineError(CbatchError):
     pass
 

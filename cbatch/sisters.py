@@ -36,10 +36,15 @@ class SisterError(Exception):
 
 def find_script(jobs_dir: Path, prefix: str) -> Path | None:
     """The job's .SC on this node: <prefix>.SC, or <prefix><port>.SC on a multi-mom node."""
-    exact = jobs_dir / f"{prefix}.SC"
+    return find_job_file(jobs_dir, prefix, ".SC")
+
+
+def find_job_file(jobs_dir: Path, prefix: str, suffix: str) -> Path | None:
+    """pbs_mom's <prefix><suffix>, or <prefix><manager port><suffix> on a multi-mom node."""
+    exact = jobs_dir / f"{prefix}{suffix}"
     if os.path.lexists(exact):
         return exact
-    pattern = re.compile(re.escape(prefix) + r"[0-9]+\.SC$")
+    pattern = re.compile(re.escape(prefix) + r"[0-9]+" + re.escape(suffix) + "$")
     try:
         names = sorted(e.name for e in os.scandir(jobs_dir) if pattern.match(e.name))
     except OSError:

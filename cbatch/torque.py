@@ -16,9 +16,9 @@ import stat as stat_
 from pathlib import Path
 
 from cbatch import peer as peer_
-from cbatch import policy, torque_records
+from cbatch import policy, sisters, torque_records
 from cbatch.config import Config
-from cbatch.errors import NotATorqueJob, PolicyDenied
+from cbatch.errors import MotherSuperiorSilent, NotATorqueJob, PolicyDenied
 
 MAX_SCRIPT_BYTES = 16 * 1024 * 1024
 _JOB_ID = re.compile(r"^[0-9]+(\[[0-9]*\])?(\.[A-Za-z0-9_-][A-Za-z0-9_.-]*)?$")  # 12[3].server
@@ -121,18 +121,25 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
         raise NotATorqueJob("the job has no PBS_JOBID; cbatch-starter runs only as a Torque "
                             "job starter", pid=peer.pid)
     task = int(env["PBS_TASKNUM"]) if env.get("PBS_TASKNUM", "").isdigit() else 1
+    jobs = jobs_dir(cfg.torque_home)
+    own = _own_prefix(jobs, job_id, env)  # this pbs_mom's name for the job's files
     if interactive:  # no stdin line: the script, if qsub -I was given one, by the job id
-        script = jobs_dir(cfg.torque_home) / (prefix_of(job_id) + ".SC")
+        script = jobs / (own + ".SC")
+        script = script if os.path.lexists(script) else None
+    elif task > 1:  # a TM task: the script is on the mother superior only
+        script = jobs / (own + ".SC")
         script = script if os.path.lexists(script) else None
     else:
         script = _script_path(cfg, stdin, job_id, task)
     text = _read_script(script, peer.uid) if script is not None else ""
-    prefix = script.name[:-3] if script else prefix_of(job_id)
-    record = torque_records.read(jobs_dir(cfg.torque_home), prefix, job_id)
+    prefix = script.name[:-3] if script else own
+    record = torque_records.read(jobs, prefix, job_id)
     try:
         entry = pwd.getpwuid(peer.uid)
     except KeyError:
         raise NotATorqueJob(f"uid {peer.uid} has no passwd entry on this node") from None
+    if task > 1 and script is None:
+        text = _sister_directives(cfg, record, job_id, entry)
     if not peer_.is_alive(peer.pid, peer.start_ticks, proc):
         raise NotATorqueJob("the job's starter process ended while cbatch checked it")
     return Job(
@@ -141,6 +148,39 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
         home=Path(entry.pw_dir), cwd=cwd, umask=umask, env=env, argv=tuple(argv), stdin=stdin, script=script, script_text=text,
         queue=record.queue, rlimits=_parse_limits(limits_text), peer=peer,
         interactive=interactive, slots=record.slots, record_problem=record.problem)
+
+
+def _own_prefix(jobs: Path, job_id: str, env: dict[str, str]) -> str:
+    """The prefix of this pbs_mom's files for the job: <prefix>, or <prefix><manager port>
+    on a multi-mom node (its TM tasks' PBS_MOMPORT)."""
+    prefix, port = prefix_of(job_id), env.get("PBS_MOMPORT", "")
+    if port.isdigit() and os.path.lexists(jobs / f"{prefix}{port}.JB"):
+        return prefix + port
+    return prefix
+
+
+def _sister_directives(cfg: Config, record: torque_records.Record, job_id: str,
+                       entry: pwd.struct_passwd) -> str:
+    """A sister's TM task: the job must be this user's by pbs_mom's record, and its
+    directives come from the mother superior's cbatchd (sisters.py)."""
+    if record.problem and not record.hosts:
+        raise NotATorqueJob(f"this node has no record of job {job_id} ({record.problem})")
+    if record.owner != entry.pw_name:
+        raise NotATorqueJob(f"job {job_id} is not yours on this node", owner=record.owner)
+    if cfg.sister_port is None:
+        raise MotherSuperiorSilent("this node does not ask a job's mother superior for its "
+                                   "#CBATCH lines (torque.sister_port is off); the task did "
+                                   "not run; tell your admin")
+    mother = record.hosts[0]
+    try:
+        uid, block = sisters.ask(mother, job_id, port=cfg.sister_port)
+    except sisters.SisterError as exc:
+        raise MotherSuperiorSilent(f"the job's mother superior {mother} did not say which "
+                                   "image the job chose; the task did not run; tell your "
+                                   "admin", reason=str(exc)) from exc
+    if uid != entry.pw_uid:
+        raise NotATorqueJob(f"job {job_id}'s script on {mother} is not yours", uid=uid)
+    return block
 
 
 def _claimed_job_id(pid: int, proc: Path) -> str | None:
@@ -175,10 +215,8 @@ def _uid(pid: int, proc: Path) -> int:
 
 
 def _script_path(cfg: Config, stdin: bytes, job_id: str, task: int) -> Path:
-    """The .SC path: from the stdin line for the top task, from PBS_JOBID for TM tasks."""
+    """The top task's .SC path, from the stdin line pbs_mom wrote."""
     jobs = jobs_dir(cfg.torque_home)
-    if task > 1:
-        return jobs / (prefix_of(job_id) + ".SC")
     line = stdin.decode("utf-8", "replace").strip()
     if line.startswith("exec "):
         line = line[len("exec "):].lstrip()

@@ -37,7 +37,9 @@ class LocalNode:
         os.chmod(pbs_track, 0o755)
         settings: dict = {
             "socket": {"path": str(self.socket)},
-            "torque": {"home": str(self.torque_home), "pbs_track": str(pbs_track)},
+            # one node, many daemons at once in the tests: none answers sisters (port 1019)
+            "torque": {"home": str(self.torque_home), "pbs_track": str(pbs_track),
+                       "sister_port": None},
             "images": {"default": default,
                        "aliases": {alias: {"ref": ref} for alias, ref in images.items()}},
             "logging": {"format": "json"},

@@ -33,7 +33,7 @@ def _which(name: str) -> Path | None:
     return None
 
 
-def _libraries(binary: Path) -> set[Path]:
+def libraries(binary: Path) -> set[Path]:
     result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
     return {Path(m) for m in _LIB.findall(result.stdout)}
 
@@ -50,7 +50,7 @@ def build(release: str = "cbatch-demo", extra_files: dict[str, tuple[bytes, int]
         if path is None:
             continue
         files.add(path)
-        files |= _libraries(path)
+        files |= libraries(path)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         dirs = {"/etc": 0o755, "/tmp": 0o1777, "/proc": 0o755, "/sys": 0o755, "/dev": 0o755,

@@ -3,13 +3,12 @@ TM task, on the mother superior and on the sister, runs in the job's container."
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.harness import torque
+from tests.harness import images, torque
 from tests.torque.conftest import IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.torque]
@@ -44,14 +43,14 @@ def tasks_of(daemon: torque.CbatchNode, job_id: str) -> list[dict]:
 def test_pbsdsh_tasks_run_in_the_jobs_image_on_both_nodes(two_nodes, submit):
     names, daemon = two_nodes
     script = ("#!/bin/bash\n"
-              "sort -u $PBS_NODEFILE | tr '\\n' ' '; echo\n"
+              "echo $(cat $PBS_NODEFILE)\n"
               "pbsdsh -u bash -c 'echo task $PBS_TASKNUM node $PBS_NODENUM "
               "$(grep -h ^ID= /etc/os-release) $(id -un) $(id -G | wc -w)'\n"
               "pbsdsh -n 1 bash -c 'exit 7'\n")
     job = submit(script, "-l", "nodes=2:ppn=1")
     assert job.exit_status(timeout=120) == 0
     out = job.output("o").splitlines()
-    assert sorted(out[0].split()) == names
+    assert sorted(out[0].split()) == names, (out, job.output("e"))
     tasks = sorted(line for line in out[1:] if line.startswith("task "))
     assert len(tasks) == 2, out
     for line in tasks:
@@ -61,3 +60,48 @@ def test_pbsdsh_tasks_run_in_the_jobs_image_on_both_nodes(two_nodes, submit):
     finished = tasks_of(daemon, job.job_id)
     assert len(finished) >= 4  # the top task and three TM tasks, each in a container
     assert {r["image"] for r in finished} == {IMAGE}
+
+
+MPI_LAUNCHER = """#!/bin/sh
+# MPICH's hydra starts its proxy on each node through this: a TM task, by pbsdsh
+node=$1; shift
+exec pbsdsh -h "$node" /bin/sh -c "$*"
+"""
+
+
+@pytest.fixture(scope="module")
+def mpi_image(tq_api, tmp_path_factory):
+    """An image with MPICH (hydra, UCX and its transports) and an MPI program, and nothing
+    of Torque: pbsdsh comes from the node (torque.clients)."""
+    folder = tmp_path_factory.mktemp("mpi")
+    program = folder / "mpi-sum"
+    subprocess.run(["mpicc", "-O2", "-o", str(program),
+                    str(Path(__file__).with_name("mpi_sum.c"))], check=True)
+    files = {"/usr/local/bin/mpi-sum": (program.read_bytes(), 0o755),
+             "/usr/local/bin/mpi-launch": (MPI_LAUNCHER.encode(), 0o755)}
+    plugins = sorted(Path("/usr/lib/x86_64-linux-gnu/ucx").glob("*.so*"))
+    for binary in (program, *plugins):
+        for library in (binary, *images.libraries(binary)):
+            if library != program:
+                files[str(library)] = (library.read_bytes(), 0o755)
+    image_id = images.build(tq_api, "torque-mpi", files,
+                            tools=("mpiexec.hydra", "hydra_pmi_proxy"))
+    yield image_id
+    images.remove(tq_api, "torque-mpi")
+
+
+def test_an_mpi_program_across_both_nodes(two_nodes, submit, mpi_image):
+    """Every rank in a container of the image the job chose (#CBATCH), on both nodes: the
+    sister's cbatchd asks the mother superior's for the job's directives."""
+    names, daemon = two_nodes
+    script = ("#!/bin/bash\n#CBATCH image=torque-mpi\n"
+              "hosts=$(echo $(cat $PBS_NODEFILE) | tr ' ' ,)\n"
+              "mpiexec.hydra -launcher rsh -launcher-exec /usr/local/bin/mpi-launch "
+              "-hosts $hosts -n 2 -ppn 1 /usr/local/bin/mpi-sum\n")
+    job = submit(script, "-l", "nodes=2:ppn=1")
+    assert job.exit_status(timeout=180) == 0, job.output("e")
+    ranks = sorted(line for line in job.output("o").splitlines() if line.startswith("rank"))
+    assert len(ranks) == 2 and all(line.endswith("sum 3") for line in ranks), ranks
+    finished = tasks_of(daemon, job.job_id)
+    assert {r["image"] for r in finished} == {"torque-mpi"}
+    assert len(finished) >= 2  # the script's container and the sister's proxy task

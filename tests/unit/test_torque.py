@@ -24,13 +24,23 @@ def cfg(home):
 @pytest.mark.parametrize("line,job_id,task,name", [
     ("{jobs}/5.vm.SC\n", "5.vm", 1, "5.vm.SC"),
     ("exec {jobs}/5.vm.SC a1 \"b 2\"\n", "5.vm", 1, "5.vm.SC"),
-    ("", "5.vm", 2, "5.vm.SC"),  # a TM task: no stdin, the job's own script
-    ("", "9[3].vm", 2, "9-3.vm.SC"),
+    ("{jobs}/5.vm15203.SC\n", "5.vm", 1, "5.vm15203.SC"),  # a multi-mom node's name
 ])
-def test_script_path_from_stdin_or_job_id(home, line, job_id, task, name):
+def test_script_path_from_stdin(home, line, job_id, task, name):
     jobs = torque.jobs_dir(home)
     path = torque._script_path(cfg(home), line.format(jobs=jobs).encode(), job_id, task)
     assert path == jobs / name
+
+
+def test_a_tm_tasks_files_are_its_own_pbs_moms(home):
+    """On a multi-mom node each pbs_mom names the job's files by its manager port, which
+    its TM tasks carry as PBS_MOMPORT; on a plain node the names are the job's prefix."""
+    jobs = torque.jobs_dir(home)
+    jobs.mkdir(parents=True, exist_ok=True)
+    assert torque._own_prefix(jobs, "9[3].vm", {"PBS_MOMPORT": "15003"}) == "9-3.vm"
+    (jobs / "9-3.vm15103.JB").write_text("")
+    assert torque._own_prefix(jobs, "9[3].vm", {"PBS_MOMPORT": "15103"}) == "9-3.vm15103"
+    assert torque._own_prefix(jobs, "9[3].vm", {"PBS_MOMPORT": "15203"}) == "9-3.vm"
 
 
 @pytest.mark.parametrize("line,job_id", [
