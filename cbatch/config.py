@@ -282,8 +282,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
         pbs_track=(_absolute(torque, "pbs_track", None) if "pbs_track" in torque.data
                    else d.pbs_track),  # null turns adoption off
         clients=_paths(torque, "clients"),
-        sister_port=(None if "sister_port" in torque.data and torque.data["sister_port"] is None
-                     else torque.get("sister_port", int, d.sister_port)),  # null: off
+        sister_port=(torque.get("sister_port", int, None) if "sister_port" in torque.data
+                     else d.sister_port),  # null turns it off
         allow_root=jobs.get("allow_root", bool, False),
         min_uid=jobs.get("min_uid", int, d.min_uid),
         drop_env=jobs.names("drop_env"),

@@ -1,8 +1,9 @@
 """The job's end, told from inside its container by cbatch-keeper (csrc/cbatch-keeper.c).
 
-The container runs docker-init -> cbatch-keeper -> the job's shell. When the shell ends,
-the keeper writes its wait status into a FIFO the daemon made for this job, and stays
-alive: its children's CPU times (cutime/cstime) now hold everything the job used, and
+The container runs cbatch-keeper as pid 1 and the job's shell as its child. When the
+shell ends, the keeper writes its wait status into a FIFO the daemon made for this job,
+lets go of the container's output, and stays alive: its children's CPU times
+(cutime/cstime) now hold everything the job used (it reaps every orphan too), and
 pbs_mom counts them when it samples the adopted container once more as the starter exits
 (torque-contract.md §6; scan_for_terminated). Learning the status here, instead of from
 the container's own end, also takes Docker's teardown off the job's path.

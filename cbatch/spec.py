@@ -103,7 +103,9 @@ def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output 
     host_config: dict = {
         "mounts": mounts,
         "network_mode": decision.network,
-        "init": True,  # docker-init as pid 1: signals reach the job, zombies are reaped
+        # pid 1 is cbatch-keeper (passes signals on, reaps, holds the job's times); a
+        # container built without it (keeper=None) gets docker-init instead
+        "init": keeper is None,
         "privileged": False,
         # writes outside the job's mounts go to its bounded /tmp (storage.py), never into
         # Docker's own storage

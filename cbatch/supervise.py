@@ -25,6 +25,7 @@ RELAYED = frozenset(int(s) for s in protocol.RELAYED_SIGNALS)
 # After the job's end, how long an adopted container is kept for pbs_mom's last sample:
 # it takes it as it reaps the starter, then kills the adopted session itself.
 ACCOUNTING_HOLD_S = 10.0
+STREAM_END_S = 10.0  # for streamed output to end once the job's processes are gone
 
 
 class Supervisor:
@@ -57,10 +58,17 @@ class Supervisor:
         if self.status_source == "keeper" and self.exit_channel.exec_error:
             self.init_failure = (f"cannot execute the job's command ({self.shell}): "
                                  f"{self.exit_channel.exec_error}")
-        if self.status_source != "keeper" or self.streams_output:
-            if self.status_source == "keeper":  # the stream ends with the container
-                self._kill("container_not_killed", self.log.warning)
+        if self.status_source != "keeper":
             pump.join(timeout=30)
+        elif self.streams_output:
+            # The keeper has let go of the stream; natively pbs_mom ends what the job
+            # left running now, and with the last writer gone the stream ends. Only if it
+            # does not is the container ended (and with it the keeper's hold).
+            self.relay.end_leftovers()
+            pump.join(timeout=STREAM_END_S)
+            if pump.is_alive():
+                self._kill("container_not_killed", self.log.warning)
+                pump.join(timeout=30)
         self.attach.close()
         if self.terminal is not None:
             self.terminal.close()

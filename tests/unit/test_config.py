@@ -72,3 +72,10 @@ def test_each_jobs_tmp_is_bounded_by_default_and_sized_by_the_admin(tmp_path, va
 def test_unreadable_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         config.load(tmp_path / "missing.yaml")
+
+
+def test_sister_port_is_privileged_and_null_turns_it_off():
+    assert config.parse({}).sister_port == 1019
+    assert config.parse({"torque": {"sister_port": None}}).sister_port is None
+    with pytest.raises(ConfigError, match="privileged"):
+        config.parse({"torque": {"sister_port": 15019}})

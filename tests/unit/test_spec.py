@@ -16,6 +16,9 @@ def test_container_runs_as_the_peer_with_all_groups_hardened():
     assert s.create["user"] == "1001:1001" and s.host_config["group_add"] == ["1001", "1002"]
     hc = s.host_config
     assert hc["init"] is True and hc["privileged"] is False and hc["cap_drop"] == ["ALL"]
+    kept = build(keeper=(Path("/usr/libexec/cbatch/cbatch-keeper"), Path("/run/cbatch/exit/j")))
+    assert kept.host_config["init"] is False  # the keeper is pid 1
+    assert kept.create["entrypoint"][:2] == ["/.cbatch-keeper", "/.cbatch-exit"]
     assert hc["security_opt"] == ["no-new-privileges"] and hc["pids_limit"] == 4096
     assert hc["log_config"]["Type"] == "none" and hc["network_mode"] == "host"
     assert s.create["image"] == DIGEST and s.create["working_dir"] == "/home/alice/run"
