@@ -136,8 +136,12 @@ static double now(void) {
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
+static volatile sig_atomic_t received[NSIG]; /* signals pbs_mom sent this starter */
+
 static void on_signal(int signum) {
     int saved = errno;
+    if (signum > 0 && signum < NSIG)
+        received[signum] = 1;
     unsigned char byte = (unsigned char)signum;
     ssize_t ignored = write(wake[1], &byte, 1); /* a full pipe drops it */
     (void)ignored;
@@ -678,8 +682,14 @@ static void follow(int sock, int tty) {
                  fd, describe(errno));
         long long status = r.status.type == J_INT ? r.status.number : EXIT_NODE_FAILURE;
         size_t said = r.message.type == J_STRING ? r.message.len : 0; /* never above its cap */
+        long long signum = r.signum.type == J_INT ? r.signum.number : 0;
+        /* The job died of a signal this starter was sent too (pbs_mom signals the starter
+         * and the adopted container at once, and the container may report first): die of it */
+        if (signum == 0 && status > 128 && status - 128 < NSIG && status - 128 != SIGWINCH
+                && received[status - 128])
+            signum = status - 128;
         if (strcmp(kind, "exit") == 0)
-            finish(status, r.signum.type == J_INT ? r.signum.number : 0, message, said);
+            finish(status, signum, message, said);
         if (strcmp(kind, "error") == 0 && said == 0)
             finish(status, 0, "cbatchd refused the job", strlen("cbatchd refused the job"));
         if (strcmp(kind, "error") == 0)

@@ -194,6 +194,13 @@ class Job:
             return None
         return wait_for(find, timeout, f"the accounting E record of {self.job_id}")
 
+    def output_now(self, which: str = "o") -> str | None:
+        """What the job has written so far (its spool .OU/.ER on this node), or None."""
+        attr = "OU" if which == "o" else "ER"
+        for path in (PBS_HOME / "spool").glob(f"{self.job_id.split('.')[0]}*.{attr}"):
+            return path.read_text(errors="replace")
+        return None
+
     def output(self, which: str = "o", timeout: float = 30) -> str:
         """The delivered .o/.e file (Output_Path/Error_Path; pbs_mom copies it at the end)."""
         attr = self.info()["Output_Path" if which == "o" else "Error_Path"]

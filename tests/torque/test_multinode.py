@@ -3,6 +3,8 @@ TM task, on the mother superior and on the sister, runs in the job's container."
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -15,7 +17,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.torque]
 
 
 @pytest.fixture(scope="module")
-def two_nodes(node, mom, tq_image):
+def two_nodes(node, mom, tq_image, mpi_image):
     """The cluster as two nodes, pbs_mom on the starter, a cbatchd that gives containers
     the node's pbsdsh; back to one node afterwards."""
     script = torque.kit() / "torque-multimom.sh"
@@ -23,7 +25,7 @@ def two_nodes(node, mom, tq_image):
     names = torque.multi_mom()
     torque.restart_mom(torque.mom_config(True))
     node.kill()
-    multi = torque.CbatchNode({IMAGE: tq_image}, IMAGE,
+    multi = torque.CbatchNode({IMAGE: tq_image, "torque-mpi": mpi_image}, IMAGE,
                               {"container": {"sweep_interval_s": 5},
                                "torque": {"clients": [str(torque.BIN / "pbsdsh")]}})
     multi.start()
@@ -95,7 +97,7 @@ def test_an_mpi_program_across_both_nodes(two_nodes, submit, mpi_image):
     sister's cbatchd asks the mother superior's for the job's directives."""
     names, daemon = two_nodes
     script = ("#!/bin/bash\n#CBATCH image=torque-mpi\n"
-              "hosts=$(echo $(cat $PBS_NODEFILE) | tr ' ' ,)\n"
+              "mapfile -t nodes < $PBS_NODEFILE; hosts=$(IFS=,; echo \"${nodes[*]}\")\n"
               "mpiexec.hydra -launcher rsh -launcher-exec /usr/local/bin/mpi-launch "
               "-hosts $hosts -n 2 -ppn 1 /usr/local/bin/mpi-sum\n")
     job = submit(script, "-l", "nodes=2:ppn=1")
@@ -104,4 +106,73 @@ def test_an_mpi_program_across_both_nodes(two_nodes, submit, mpi_image):
     assert len(ranks) == 2 and all(line.endswith("sum 3") for line in ranks), ranks
     finished = tasks_of(daemon, job.job_id)
     assert {r["image"] for r in finished} == {"torque-mpi"}
-    assert len(finished) >= 2  # the script's container and the sister's proxy task
+    assert [r for r in finished if r["task"] > 1]  # hydra's proxy, a TM task by pbsdsh
+    # the sister learnt the image from the mother superior's cbatchd
+    assert daemon.events("sister_answered", job_id=job.job_id)
+
+
+SISTER = "mapfile -t nodes < $PBS_NODEFILE; sister=${nodes[1]}\n"  # exec_host: MS first
+
+
+def test_qdel_of_a_two_node_job_leaves_no_container_on_either_node(two_nodes, submit,
+                                                                   tq_api):
+    names, daemon = two_nodes
+    job = submit("#!/bin/bash\n" + SISTER + "pbsdsh -h $sister sleep 300 &\nsleep 300\n",
+                 "-l", "nodes=2:ppn=1")
+    torque.wait_for(lambda: [r for r in daemon.events("container_started", job_id=job.job_id)
+                             if r["task"] > 1], 60, "the sister's task to start")
+    torque.qdel(job.job_id)
+    assert job.exit_status() == 271
+    torque.wait_for(lambda: not torque.containers(tq_api, job.job_id), 30,
+                    "every container of the job to be removed")
+
+
+def test_a_killed_sister_task_and_a_sister_without_cbatchd(two_nodes, submit, tq_api):
+    """A sister task's starter SIGKILLed: its container goes, pbsdsh reports the task as
+    natively. A task started while the node's cbatchd is down: one cbatch: line, never a
+    task outside a container; the job goes on, as natively when a task fails."""
+    names, daemon = two_nodes
+    job = submit("#!/bin/bash\n" + SISTER +
+                 "pbsdsh -h $sister sleep 300\necho after-kill\n"
+                 "while [ ! -e ~/cbatchd-is-down ]; do sleep 0.2; done\n"
+                 "pbsdsh -h $sister bash -c 'echo ran-outside-a-container'\necho after-down\n"
+                 "sleep 4\n", "-l", "nodes=2:ppn=1")
+    started = torque.wait_for(
+        lambda: [r for r in daemon.events("container_started", job_id=job.job_id)
+                 if r["task"] > 1], 60, "the sister's task to start")[0]
+    os.kill(started["peer_pid"], signal.SIGKILL)
+    torque.wait_for(lambda: not [c for c in torque.containers(tq_api, job.job_id)
+                                 if c["Id"].startswith(started["container_id"])], 30,
+                    "the killed task's container to go")
+    torque.wait_for(lambda: "after-kill" in (job.output_now("o") or ""), 30, "the job to go on")
+    daemon.kill(signal.SIGKILL)
+    flag = Path(job.user.pw_dir) / "cbatchd-is-down"
+    flag.touch()
+    try:
+        torque.wait_for(lambda: "after-down" in (job.output_now("o") or ""), 60,
+                        "the job to go on without the sister's task")
+    finally:
+        flag.unlink()
+        daemon.start()
+    assert job.exit_status() == 0  # pbsdsh reports a failed task, and exits 0, natively too
+    out, err = job.output("o"), job.output("e")
+    assert "ran-outside-a-container" not in out
+    assert "cbatch: cannot reach cbatchd" in err and "exit status 125" in err, err
+    assert "exit status 265" in err or "exit status 137" in err, err  # the SIGKILLed task
+
+
+def test_cpu_of_both_nodes_adds_up_as_natively(two_nodes, mom, submit):
+    """resources_used.cput of a job burning CPU on both nodes at once, through cbatch and
+    natively: each sister's usage reaches the mother superior and is summed."""
+    burn = "i=0; while ((i < 3000000)); do ((i++)); done"
+    script = ("#!/bin/bash\n" + SISTER + f"pbsdsh -h $sister bash -c '{burn}' &\n"
+              f"{burn}\nwait\necho done\n")
+    usage = {}
+    for starter in (False, True):
+        torque.restart_mom(torque.mom_config(starter))
+        job = submit(script, "-l", "nodes=2:ppn=1")
+        assert job.exit_status(timeout=180) == 0, job.output("e")
+        usage[starter] = torque.parse_duration(job.accounting()["resources_used.cput"])
+    native, contained = usage[False], usage[True]
+    assert native >= 4, usage
+    assert abs(contained - native) <= max(1, 0.1 * native), usage

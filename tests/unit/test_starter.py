@@ -229,6 +229,21 @@ def test_job_killed_by_relayed_signal_kills_the_starter_with_it(launch):
     assert daemon.signals == [signal.SIGTERM]
 
 
+def test_a_job_dead_of_a_signal_the_starter_was_sent_kills_the_starter_with_it(launch):
+    """pbs_mom signals the starter and the adopted container at once: the container may
+    report the job's death before the daemon has seen the relayed signal."""
+    daemon, proc = launch([exit_frame(143, None)], wait_for_signal=True)
+    assert daemon.ready.wait(5)
+    proc.send_signal(signal.SIGTERM)
+    status, _, err = finish(proc)
+    assert status == -signal.SIGTERM and err == b""  # Torque records 271, as natively
+
+
+def test_a_job_dead_of_a_signal_the_starter_was_not_sent_is_its_status(launch):
+    daemon, proc = launch([exit_frame(143, None)])
+    assert finish(proc) == (143, b"", b"")  # killed by its own hand: 143, as natively
+
+
 @pytest.mark.parametrize("signum", protocol.RELAYED_SIGNALS, ids=lambda s: s.name)
 def test_every_signal_pbs_mom_sends_is_relayed_not_obeyed(launch, signum):
     daemon, proc = launch([exit_frame(0)], wait_for_signal=True)
