@@ -4,9 +4,15 @@
 # build-torque.sh). Idempotent: an installed Torque is only started. Run as root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+# build-torque.sh runs apt-get: let it wait for a dpkg lock another installer holds
+apt_conf=$(mktemp)
+trap 'rm -f "$apt_conf"' EXIT
+echo 'DPkg::Lock::Timeout "600";' > "$apt_conf"
+export APT_CONFIG=$apt_conf
 for dir in "${CBATCH_TORQUE_KIT:-}" "$here/../shared/torque" /work/shared/torque; do
     if [ -n "$dir" ] && [ -x "$dir/build-torque.sh" ]; then
-        exec bash "$dir/build-torque.sh"
+        bash "$dir/build-torque.sh"
+        exit
     fi
 done
 echo "setup-torque: no build-torque.sh found; set CBATCH_TORQUE_KIT to its folder" >&2
