@@ -9,6 +9,10 @@ apt_conf=$(mktemp)
 trap 'rm -f "$apt_conf"' EXIT
 echo 'DPkg::Lock::Timeout "600";' > "$apt_conf"
 export APT_CONFIG=$apt_conf
+# the multi-node tests run an MPI program (Debian's MPICH) across two pbs_moms
+if ! dpkg -s mpich libmpich-dev >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mpich libmpich-dev >/dev/null
+fi
 for dir in "${CBATCH_TORQUE_KIT:-}" "$here/../shared/torque" /work/shared/torque; do
     if [ -n "$dir" ] && [ -x "$dir/build-torque.sh" ]; then
         bash "$dir/build-torque.sh"
