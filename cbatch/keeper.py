@@ -33,6 +33,7 @@ class ExitChannel:
         self.adopted_marker = folder / (name + ".adopted")
         self.fd: int | None = None
         self.exec_error: str | None = None  # why the job's command could not start
+        self.copied: tuple[int, int] | None = None  # stdout, stderr bytes the keeper carried
         self._data = b""
 
     def create(self, uid: int, gid: int) -> None:
@@ -71,6 +72,9 @@ class ExitChannel:
                 word = line.strip()
                 if word.startswith(b"E ") and word[2:].isdigit():
                     self.exec_error = os.strerror(int(word[2:]))
+                elif word.startswith(b"O ") and word[2:].replace(b" ", b"").isdigit():
+                    out, _, err = word[2:].partition(b" ")
+                    self.copied = (int(out), int(err or b"0"))
                 elif word.isdigit():
                     return int(word)
             if len(self._data) > 64 or not poller.poll(None if timeout is None

@@ -63,16 +63,6 @@ class Relay:
             return 0
         return 1
 
-    def end_leftovers(self) -> int:
-        """SIGKILL what the job left running after its shell ended (its keeper, pid 1,
-        stays), as pbs_mom ends the rest of a job's session natively; the count."""
-        try:
-            if self._init_pid is None:
-                self._init_pid = int(self.engine.inspect(self.container_id)["State"]["Pid"])
-            return signal_all(self._init_pid, signal.SIGKILL, self.proc)
-        except (OSError, KeyError, ValueError, CbatchError):
-            return 0
-
     def _watch_suspend(self) -> None:
         deadline = time.monotonic() + SUSPEND_WATCH_S
         while time.monotonic() < deadline and not self.starter_gone.is_set():

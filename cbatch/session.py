@@ -63,6 +63,7 @@ class Session:
             watch = Supervisor(self.conn, self._send, self.engine, self.container_id,
                                job.peer.pid, attach, term, self.exit_channel,
                                self._streams_output(), self.cfg.engine_retry_s, self.done,
+                               self.request.resume,
                                job.argv[0], self.log)
             status = watch.run()
             self.marks["exited"] = time.monotonic()
@@ -116,7 +117,8 @@ class Session:
         extra = plan.binds + (self.store.binds if self.store else ()) + _client_binds(self.cfg)
         container = spec.build(job, decision, mounts.binds, plan.stdout, plan.stderr, extra,
                                cgroup_parent=parent,
-                               keeper=(self.cfg.keeper, self.exit_channel.path))
+                               keeper=(self.cfg.keeper, self.exit_channel.path),
+                               carry_output=self._streams_output() and not job.interactive)
         self.engine.ensure_image(decision.image.ref, self.cfg.pull)
         self.marks["image"] = time.monotonic()
         self.container_id = reconcile.create(self.engine, container, self.log)

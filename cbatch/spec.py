@@ -80,8 +80,8 @@ def _redirect(fd: int, out: Output) -> str:
 
 def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output = STREAM,
           stderr: Output = STREAM, extra_binds: tuple[Bind, ...] = (),
-          cgroup_parent: str | None = None, keeper: tuple[Path, Path] | None = None
-          ) -> ContainerSpec:
+          cgroup_parent: str | None = None, keeper: tuple[Path, Path] | None = None,
+          carry_output: bool = False) -> ContainerSpec:
     """The container for a job. `keeper` is (the cbatch-keeper binary, the job's exit
     FIFO) on the host: the keeper then runs the job's command and reports its end."""
     # BASH_ENV is handed over by the prologue (see command), so the prologue's own bash
@@ -97,7 +97,9 @@ def build(job: Job, decision: Decision, binds: tuple[Bind, ...], stdout: Output 
                     "ReadOnly": True, "BindOptions": {"Propagation": "rprivate"}},
                    {"Type": "bind", "Source": str(fifo), "Target": str(EXIT_PATH),
                     "ReadOnly": False, "BindOptions": {"Propagation": "rprivate"}}]
-        entrypoint = [str(KEEPER_PATH), str(EXIT_PATH), *entrypoint]
+        # -s: the keeper carries streamed output itself and says when it has all gone
+        entrypoint = [str(KEEPER_PATH), *(["-s"] if carry_output else []), str(EXIT_PATH),
+                      *entrypoint]
     ulimits = [{"Name": name, "Soft": soft, "Hard": hard}
                for name, (soft, hard) in sorted(job.rlimits.items())]
     host_config: dict = {

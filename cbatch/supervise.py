@@ -25,19 +25,22 @@ RELAYED = frozenset(int(s) for s in protocol.RELAYED_SIGNALS)
 # After the job's end, how long an adopted container is kept for pbs_mom's last sample:
 # it takes it as it reaps the starter, then kills the adopted session itself.
 ACCOUNTING_HOLD_S = 10.0
-STREAM_END_S = 10.0  # for streamed output to end once the job's processes are gone
+STREAM_END_S = 30.0  # for output the keeper carried to come through Docker's attach
+RESUMED_STREAM_S = 2.0  # the same after a daemon restart, when earlier output is uncounted
 
 
 class Supervisor:
     def __init__(self, conn: socket.socket, send: Callable[..., bool], engine: Engine,
                  container_id: str, starter_pid: int, attach: socket.socket,
                  terminal: Terminal | None, exit_channel: keeper.ExitChannel | None,
-                 streams_output: bool, retry_s: float, done: threading.Event, shell: str,
-                 log) -> None:
+                 streams_output: bool, retry_s: float, done: threading.Event, resumed: bool,
+                 shell: str, log) -> None:
         self.conn, self.send, self.engine, self.shell = conn, send, engine, shell
         self.container_id = container_id
         self.attach, self.terminal, self.exit_channel = attach, terminal, exit_channel
         self.streams_output = streams_output  # output flows through attach, not into files
+        self.resumed = resumed  # attached again after a daemon restart: not from the start
+        self.received = [0, 0]  # stdout, stderr bytes the pump passed on
         self.retry_s = retry_s
         self.done = done  # set by the session once the job's end is known: EOF is normal
         self.log = log
@@ -60,19 +63,30 @@ class Supervisor:
                                  f"{self.exit_channel.exec_error}")
         if self.status_source != "keeper":
             pump.join(timeout=30)
-        elif self.streams_output:
-            # The keeper has let go of the stream; natively pbs_mom ends what the job
-            # left running now, and with the last writer gone the stream ends. Only if it
-            # does not is the container ended (and with it the keeper's hold).
-            self.relay.end_leftovers()
-            pump.join(timeout=STREAM_END_S)
-            if pump.is_alive():
-                self._kill("container_not_killed", self.log.warning)
-                pump.join(timeout=30)
+        elif self.streams_output and not self._carried_all(pump):
+            # A terminal (its stream ends only with the container), or output the keeper
+            # did not count: end the container, and with it the stream (and the hold).
+            self._kill("container_not_killed", self.log.warning)
+            pump.join(timeout=30)
         self.attach.close()
         if self.terminal is not None:
             self.terminal.close()
         return status
+
+    def _carried_all(self, pump: threading.Thread) -> bool:
+        """Has the pump passed on all the output the keeper carried (-s)? Waits for it
+        while it is still on its way through Docker; the container lives on meanwhile."""
+        expected = self.exit_channel.copied if self.terminal is None else None
+        if expected is None:
+            return False
+        deadline = time.monotonic() + (RESUMED_STREAM_S if self.resumed else STREAM_END_S)
+        while pump.is_alive() and time.monotonic() < deadline:
+            if self.received[0] >= expected[0] and self.received[1] >= expected[1]:
+                return True
+            time.sleep(0.005)
+        # after a restart the output from before it is not counted here: what came is all
+        return self.resumed or (self.received[0] >= expected[0]
+                                and self.received[1] >= expected[1])
 
     def hold_for_accounting(self) -> None:
         """Keep an adopted container's keeper alive until pbs_mom has counted it.
@@ -138,6 +152,7 @@ class Supervisor:
         kinds = {demux.STDOUT: protocol.KIND_STDOUT, demux.STDERR: protocol.KIND_STDERR}
 
         def emit(stream: int, data: bytes) -> bool:
+            self.received[stream - 1] += len(data)
             return all(self.send(kinds[stream], data[i:i + protocol.MAX_PAYLOAD])
                        for i in range(0, len(data), protocol.MAX_PAYLOAD))
 
