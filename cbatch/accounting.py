@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cbatch import peer
 from cbatch.errors import CbatchError
-from cbatch.torque import Job
+from cbatch.batch import Job
 
 TIMEOUT_S = 15
 CGROUP_ROOT = Path("/sys/fs/cgroup")

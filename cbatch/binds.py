@@ -18,7 +18,7 @@ from cbatch import opener, placeholders
 from cbatch.container import Bind
 from cbatch.errors import MountFailed, NodeIncomplete, PolicyDenied
 from cbatch.policy import Decision, check_workdir, is_job_path
-from cbatch.torque import Job
+from cbatch.batch import Job
 
 NODE_FILES = ("PBS_NODEFILE", "PBS_GPUFILE", "PBS_MICFILE")
 NSS_FILES = (Path("/etc/passwd"), Path("/etc/group"))

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from cbatch import batch
 from cbatch.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/cbatch.yaml")
@@ -64,7 +65,8 @@ class Config:
     request_timeout_s: float = 10.0
     max_connections_per_user: int = 512
     max_connections: int = 1024  # overall; must fit RLIMIT_NOFILE (nofile.py)
-    torque_home: Path = Path("/var/spool/torque")
+    batch_system: str = "torque"  # the module of cbatch/batch/ that proves jobs
+    torque_home: Path = Path("/var/spool/torque")  # PBS_HOME: torque.home or openpbs.home
     require_pbs_mom_parent: bool = True
     job_cgroup: bool = True  # put containers under Torque's torque/<job id> cgroup if present
     pbs_track: Path | None = Path("/usr/local/bin/pbs_track")  # adopt when no job cgroup
@@ -255,12 +257,25 @@ def _mode(sec: _Section, key: str, default: int) -> int:
     return mode
 
 
+def _home(system: str, torque: _Section, openpbs: _Section, default: Path) -> Path:
+    """PBS_HOME of the batch system served: torque.home or openpbs.home."""
+    torque_home = _absolute(torque, "home", str(default))
+    openpbs_home = _absolute(openpbs, "home", "/var/spool/pbs")
+    return openpbs_home if system == "openpbs" else torque_home
+
+
 def parse(data: Any, source: Path | None = None) -> Config:
     """Validate a loaded YAML document into a Config."""
     top = _Section(data, "", None)
 
     sock = top.section("socket")
+    batch_ = top.section("batch")
+    system = batch_.get("system", str, "torque")
+    if not batch.is_system(system):
+        raise batch_.fail("system", f"must be a batch system cbatch knows (torque, openpbs), "
+                                    f"not {system!r}")
     torque = top.section("torque")
+    openpbs = top.section("openpbs")
     jobs = top.section("jobs")
     images = top.section("images")
     container = top.section("container")
@@ -276,7 +291,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
         max_connections_per_user=sock.get("max_connections_per_user", int,
                                           d.max_connections_per_user),
         max_connections=sock.get("max_connections", int, d.max_connections),
-        torque_home=_absolute(torque, "home", str(d.torque_home)),
+        batch_system=system,
+        torque_home=_home(system, torque, openpbs, d.torque_home),
         require_pbs_mom_parent=torque.get("require_pbs_mom_parent", bool, True),
         job_cgroup=torque.get("job_cgroup", bool, True),
         pbs_track=(_absolute(torque, "pbs_track", None) if "pbs_track" in torque.data
@@ -362,7 +378,12 @@ def parse(data: Any, source: Path | None = None) -> Config:
         entry.finish()
     fields["mounts"] = tuple(parsed_mounts)
 
-    for sec in (sock, torque, jobs, images, container, logging_, metrics, top):
+    if system == "openpbs":  # Torque's pbs_track, cgroup path and sister port do not apply
+        for key in ("pbs_track", "sister_port", "job_cgroup"):
+            if key in torque.data:
+                raise torque.fail(key, "applies to Torque only (batch.system is openpbs)")
+        fields.update(pbs_track=None, sister_port=None, job_cgroup=False)
+    for sec in (batch_, openpbs, sock, torque, jobs, images, container, logging_, metrics, top):
         sec.finish()
     return Config(**fields)
 

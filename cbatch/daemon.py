@@ -21,7 +21,7 @@ from pathlib import Path
 import structlog
 
 from cbatch import config, logs, metrics, nofile, outputs, protocol, reconcile, server, sisters
-from cbatch import systemd, torque, torque_records
+from cbatch import batch, systemd
 from cbatch.admin import jobexec, ops
 from cbatch.engine import Engine, NodeImages
 from cbatch.errors import EXIT_NODE_FAILURE, CbatchError, ConfigError, ProtocolError
@@ -53,14 +53,10 @@ class Daemon:
         """Tell sister nodes the directives of the jobs whose scripts this node holds."""
         if self.cfg.sister_port is None:
             return None
-        jobs = torque.jobs_dir(self.cfg.torque_home)
+        jobs = self.cfg.torque_home / "mom_priv" / "jobs"
 
         def nodes_of(job_id: str) -> list[str]:
-            prefix = torque.prefix_of(job_id)
-            found = sisters.find_job_file(jobs, prefix, ".JB")
-            if found is None:
-                return []
-            return list(torque_records.read(jobs, found.name[:-3], job_id).hosts)
+            return list(batch.record(self.cfg, job_id).hosts)
 
         try:
             return sisters.Server(jobs, nodes_of, self.log, port=self.cfg.sister_port).start()

@@ -18,7 +18,7 @@ from typing import Callable
 import structlog
 
 from cbatch import accounting, binds, clients, directives, keeper, metrics, outputs, policy
-from cbatch import protocol, reconcile, spec, storage, terminal, torque
+from cbatch import batch, protocol, reconcile, spec, storage, terminal
 from cbatch.config import Config
 from cbatch.container import Bind, Labels
 from cbatch.engine import Engine
@@ -41,7 +41,7 @@ class Session:
         self.engine: Engine | None = None
         self.container_id: str | None = None
         self.done = threading.Event()  # set once the job's end is known: EOF is then normal
-        self.job: torque.Job | None = None
+        self.job: batch.Job | None = None
         self.plan: outputs.Plan | None = None
         self.mounts: binds.Mounts | None = None  # the job's own folders, held open
         self.store: storage.Store | None = None  # the job's /tmp and /var/tmp
@@ -83,15 +83,15 @@ class Session:
             if self.exit_channel is not None:
                 self.exit_channel.discard()
 
-    def _verify(self) -> torque.Job:
-        job = torque.verify(self.cfg, self.who, list(self.request.argv), self.request.stdin,
-                            tty=self.request.tty)
+    def _verify(self) -> batch.Job:
+        job = batch.verify(self.cfg, self.who, list(self.request.argv), self.request.stdin,
+                           tty=self.request.tty)
         self.log = self.log.bind(job_id=job.job_id, task=job.task, user=job.user)
         if job.record_problem:  # policy goes on with no queue and one slot
             self.log.warning("job_record_unused", reason=job.record_problem)
         return job
 
-    def _launch(self, job: torque.Job) -> socket.socket:
+    def _launch(self, job: batch.Job) -> socket.socket:
         """Decide, build and start the job's container; its attached output stream."""
         found = directives.parse(job.script_text)
         groups = policy.group_names(self.cfg, job.groups)
@@ -147,7 +147,7 @@ class Session:
             self.adoption.start()
         return attach
 
-    def _resume(self, job: torque.Job) -> socket.socket:
+    def _resume(self, job: batch.Job) -> socket.socket:
         """Re-adopt a running job's container after a daemon restart.
 
         The starter proves itself as any job does; its container must carry its very pid

@@ -14,7 +14,7 @@ import cbatch
 from cbatch.container import STREAM, Bind, ContainerSpec, Labels, Output
 from cbatch.keeper import EXIT_PATH, KEEPER_PATH
 from cbatch.policy import Decision
-from cbatch.torque import Job
+from cbatch.batch import Job
 
 _LOGIN_BY_ARGV0 = ("bash", "zsh", "ksh", "mksh")  # shells whose `exec -a` makes "-name"
 
@@ -42,7 +42,7 @@ def command(job: Job, stdout: Output, stderr: Output) -> list[str]:
         steps.append("exec" + redirects)
     shell, args = job.argv[0], list(job.argv[1:])
     name = os.path.basename(shell)
-    if job.task > 1:  # TM task: pbs_mom execs the spawned argv directly, no shell
+    if job.task > 1 or job.direct:  # TM task, `qsub -- cmd`: the argv itself, no shell
         steps.append('exec "$@" </dev/null')
         return ["/bin/sh", "-c", "; ".join(steps), "cbatch", *job.argv]
     # an interactive job's shell reads its terminal (the container's own); a batch job's,

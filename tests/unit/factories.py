@@ -5,7 +5,7 @@ from pathlib import Path
 from cbatch import config, policy
 from cbatch.directives import Directives
 from cbatch.peer import Peer
-from cbatch.torque import Job
+from cbatch.batch import Job
 
 DIGEST = "sha256:" + "c" * 64
 

@@ -79,3 +79,28 @@ def test_sister_port_is_privileged_and_null_turns_it_off():
     assert config.parse({"torque": {"sister_port": None}}).sister_port is None
     with pytest.raises(ConfigError, match="privileged"):
         config.parse({"torque": {"sister_port": 15019}})
+
+
+@pytest.mark.parametrize("data,system,home", [
+    ({}, "torque", Path("/var/spool/torque")),
+    ({"batch": {"system": "openpbs"}}, "openpbs", Path("/var/spool/pbs")),
+    ({"batch": {"system": "openpbs"}, "openpbs": {"home": "/srv/pbs"}}, "openpbs",
+     Path("/srv/pbs")),
+    ({"openpbs": {"home": "/srv/pbs"}}, "torque", Path("/var/spool/torque")),
+])
+def test_batch_system_chooses_the_prover_and_its_home(data, system, home):
+    cfg = config.parse(data)
+    assert (cfg.batch_system, cfg.torque_home) == (system, home)
+
+
+def test_an_openpbs_node_has_no_torque_adoption_or_sister_port():
+    cfg = config.parse({"batch": {"system": "openpbs"}})
+    assert (cfg.pbs_track, cfg.sister_port, cfg.job_cgroup) == (None, None, False)
+    with pytest.raises(ConfigError, match="torque.sister_port.*Torque only"):
+        config.parse({"batch": {"system": "openpbs"}, "torque": {"sister_port": 1019}})
+
+
+@pytest.mark.parametrize("name", ["slurm", "torque_records", "proc_facts", "__init__", "../x"])
+def test_an_unknown_batch_system_is_refused(name):
+    with pytest.raises(ConfigError, match="batch.system.*must be a batch system"):
+        config.parse({"batch": {"system": name}})

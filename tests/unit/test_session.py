@@ -6,7 +6,8 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from cbatch import config, daemon, protocol, torque
+from cbatch import config, daemon, protocol
+from cbatch.batch import torque
 from cbatch.peer import Peer
 from tests.unit.factories import DIGEST, make_job
 

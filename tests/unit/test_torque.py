@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from cbatch import config, torque
+from cbatch import config
+from cbatch.batch import proc_facts, torque
 from cbatch.errors import NotATorqueJob
 
 
@@ -58,24 +59,24 @@ def test_stdin_naming_anything_else_is_refused(home, line, job_id):
 def test_script_must_be_a_regular_file_of_the_user_not_a_symlink(home, tmp_path):
     script = torque.jobs_dir(home) / "5.vm.SC"
     uid = os.getuid()
-    assert torque._read_script(script, uid).startswith("#!/bin/bash")
+    assert torque.read_script(script, uid).startswith("#!/bin/bash")
     with pytest.raises(NotATorqueJob, match="not a regular file owned by you"):
-        torque._read_script(script, uid + 1)
+        torque.read_script(script, uid + 1)
     link = torque.jobs_dir(home) / "7.vm.SC"
     link.symlink_to(script)
     with pytest.raises(NotATorqueJob, match="cannot open the job script 7.vm.SC"):
-        torque._read_script(link, uid)
+        torque.read_script(link, uid)
     fifo = torque.jobs_dir(home) / "8.vm.SC"
     os.mkfifo(fifo)
     with pytest.raises(NotATorqueJob, match="not a regular file"):
-        torque._read_script(fifo, uid)
+        torque.read_script(fifo, uid)
 
 
 def test_limits_and_environment_parse_as_the_kernel_writes_them():
-    limits = torque._parse_limits(Path("/proc/self/limits").read_text())
+    limits = proc_facts.parse_limits(Path("/proc/self/limits").read_text())
     assert set(limits) >= {"cpu", "fsize", "nofile", "stack", "as", "rss"}
     assert all(isinstance(s, int) and isinstance(h, int) for s, h in limits.values())
-    env = torque._parse_environ(b"A=1\0B=x=y\0broken\0=nokey\0")
+    env = proc_facts.parse_environ(b"A=1\0B=x=y\0broken\0=nokey\0")
     assert env == {"A": "1", "B": "x=y"}
     assert torque.prefix_of("12[4].vm") == "12-4.vm"
 

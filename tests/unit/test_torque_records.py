@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cbatch import config, torque, torque_records
+from cbatch import config
+from cbatch.batch import torque, torque_records
 from cbatch.peer import describe
 from tests.unit.test_torque import FakeProc
 

@@ -8,25 +8,17 @@ be read safely falls back to what grants least: no queue (rules for every queue)
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from cbatch.batch import Record
+
 MAX_BYTES = 4 * 1024 * 1024  # a job's record is a few kB; Variable_List can make it more
 MAX_SLOTS = 1024
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")  # one exec_host index or range: 3, 0-7
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Record:
-    queue: str  # "" when unknown
-    slots: int  # processors given on this node (exec_host); 1 when unknown
-    problem: str | None = None  # why the record was not used, for the daemon's log
-    owner: str = ""  # the job's user (euser), "" when unknown
-    hosts: tuple[str, ...] = ()  # exec_host's nodes, mother superior first
 
 
 def read(jobs_dir: Path, prefix: str, job_id: str, node: str | None = None) -> Record:

@@ -1,0 +1,147 @@
+"""Prove that a peer is a running OpenPBS job of its uid, and collect what the job is.
+
+OpenPBS has no job starter: cbatch's execjob_launch hook (hooks/openpbs/cbatch_hook.py)
+puts cbatch-starter in front of every job and TM task, and, as root inside pbs_mom, writes
+what the mom knows of the job (queue, owner, exec_host) to <PBS_HOME>/mom_priv/cbatch/
+<job id>.json. Policy decides on that record, never on the job's environment. The shape
+of the starter (parent root pbs_mom) and the .SC named on stdin prove the job itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import stat
+from pathlib import Path
+
+from cbatch import peer as peer_
+from cbatch import policy
+from cbatch.batch import Job, Record, proc_facts, torque
+from cbatch.config import Config
+from cbatch.errors import NotATorqueJob, PolicyDenied
+
+MAX_RECORD_BYTES = 1024 * 1024
+MAX_SLOTS = 1024
+_CHUNK = re.compile(r"^([^/]+)/(\d+)(?:\*(\d+))?$")  # exec_host entry: vm-pbs/0*2
+
+
+def jobs_dir(home: Path) -> Path:
+    return home / "mom_priv" / "jobs"
+
+
+def records_dir(home: Path) -> Path:
+    """Where cbatch's hook writes the mom's facts about each job (root's, 0755)."""
+    return home / "mom_priv" / "cbatch"
+
+
+def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bool = False,
+           proc: Path = peer_.PROC) -> Job:
+    """Prove the peer is a live OpenPBS job task of peer.uid and describe it.
+
+    A script job's stdin names <PBS_HOME>/mom_priv/jobs/<job id>.SC, owned by the uid;
+    `qsub -- cmd` (stdin empty, no .SC) runs its argv as given, as do TM tasks.
+
+    Raises:
+        NotATorqueJob: the peer is not (or no longer) a job pbs_mom started for that uid.
+        PolicyDenied: root or system-uid jobs when the policy does not allow them.
+    """
+    try:
+        policy.admit(cfg, peer.uid)
+    except PolicyDenied as exc:
+        exc.fields["claimed_job_id"] = proc_facts.claimed_job_id(peer.pid, proc)
+        raise
+    facts = proc_facts.read(peer, tty, cfg.require_pbs_mom_parent, "OpenPBS", proc)
+    job_id, task = facts.job_id, facts.task
+    jobs = jobs_dir(cfg.torque_home)
+    own = jobs / f"{job_id}.SC"
+    if facts.interactive or task > 1 or not stdin.strip():
+        script = own if os.path.lexists(own) else None
+    else:
+        script = _script_path(jobs, stdin, job_id)
+    text = torque.read_script(script, peer.uid) if script is not None else ""
+    try:
+        entry = pwd.getpwuid(peer.uid)
+    except KeyError:
+        raise NotATorqueJob(f"uid {peer.uid} has no passwd entry on this node") from None
+    found = record(cfg, job_id)
+    if found.owner and found.owner != entry.pw_name:
+        raise NotATorqueJob(f"job {job_id} is not yours on this node", owner=found.owner)
+    if not peer_.is_alive(peer.pid, peer.start_ticks, proc):
+        raise NotATorqueJob("the job's starter process ended while cbatch checked it")
+    direct = task <= 1 and not facts.interactive and not stdin.strip()
+    return Job(
+        job_id=job_id, prefix=job_id, task=task,
+        user=entry.pw_name, uid=peer.uid, gid=peer.gid, groups=peer.groups,
+        home=Path(entry.pw_dir), cwd=facts.cwd, umask=facts.umask, env=facts.env,
+        argv=tuple(argv), stdin=stdin, script=script, script_text=text,
+        queue=found.queue, rlimits=facts.rlimits, peer=peer, interactive=facts.interactive,
+        slots=found.slots, record_problem=found.problem, direct=direct)
+
+
+def record(cfg: Config, job_id: str) -> Record:
+    """The mom's facts about a job as cbatch's hook wrote them (root-owned JSON)."""
+    path = records_dir(cfg.torque_home) / f"{job_id}.json"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return Record("", 1, f"cannot open {path.name}: {exc.strerror}")
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            return Record("", 1, f"{path.name} is not a regular file only root may write")
+        data = f.read(MAX_RECORD_BYTES + 1)
+    if len(data) > MAX_RECORD_BYTES:
+        return Record("", 1, f"{path.name} is larger than {MAX_RECORD_BYTES} bytes")
+    return parse(data, job_id, os.uname().nodename)
+
+
+def parse(data: bytes, job_id: str, node: str) -> Record:
+    """Record from the hook's JSON; it must be this job's."""
+    try:
+        facts = json.loads(data)
+    except ValueError as exc:
+        return Record("", 1, f"the job record is not JSON: {exc}")
+    if not isinstance(facts, dict) or facts.get("job_id") != job_id:
+        return Record("", 1, "the job record is not this job's")
+    queue, owner = str(facts.get("queue") or ""), str(facts.get("owner") or "")
+    exec_host = str(facts.get("exec_host") or "")
+    slots, hosts = slots_on(exec_host, str(facts.get("node") or node)), hosts_of(exec_host)
+    problem = None if slots else "the job record's exec_host names no slots on this node"
+    return Record(queue, min(slots, MAX_SLOTS) or 1, problem, owner, hosts)
+
+
+def hosts_of(exec_host: str) -> tuple[str, ...]:
+    """exec_host's nodes in order, each once: "n2/0*2+n1/0" -> (n2, n1)."""
+    hosts: list[str] = []
+    for entry in exec_host.split("+") if exec_host.strip() else []:
+        host = entry.strip().partition("/")[0]
+        if host and host not in hosts:
+            hosts.append(host)
+    return tuple(hosts)
+
+
+def slots_on(exec_host: str, node: str) -> int:
+    """CPUs OpenPBS's exec_host gives this node ("vm/0*2+n2/0" -> 2 on vm); 0 if none or
+    malformed. A job on one host is on this node whatever the host is called."""
+    counts: dict[str, int] = {}
+    for entry in exec_host.split("+") if exec_host.strip() else []:
+        match = _CHUNK.match(entry.strip())
+        if not match:
+            return 0
+        counts[match[1]] = counts.get(match[1], 0) + int(match[3] or 1)
+    if len(counts) == 1:
+        return next(iter(counts.values()))
+    short = node.split(".")[0]
+    return sum(n for host, n in counts.items() if host.split(".")[0] == short)
+
+
+def _script_path(jobs: Path, stdin: bytes, job_id: str) -> Path:
+    """The job's .SC, from the one line pbs_mom wrote on stdin."""
+    line = stdin.decode("utf-8", "replace").strip()
+    path = Path(line.split()[0]) if line else Path()
+    if path.name != f"{job_id}.SC" or os.path.realpath(path.parent) != os.path.realpath(jobs):
+        raise NotATorqueJob("cbatch-starter must be started by pbs_mom as an OpenPBS job "
+                            "(stdin does not name this job's script)", stdin=line[:200])
+    return path
