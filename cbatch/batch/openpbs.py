@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import stat
 from pathlib import Path
 
@@ -106,10 +107,24 @@ def parse(data: bytes, job_id: str, node: str) -> Record:
     if not isinstance(facts, dict) or facts.get("job_id") != job_id:
         return Record("", 1, "the job record is not this job's")
     queue, owner = str(facts.get("queue") or ""), str(facts.get("owner") or "")
-    exec_host = str(facts.get("exec_host") or "")
+    # a mom's hook sees exec_vnode; exec_host may still be unset there
+    exec_host = str(facts.get("exec_host") or "") or _as_exec_host(
+        str(facts.get("exec_vnode") or ""))
     slots, hosts = slots_on(exec_host, str(facts.get("node") or node)), hosts_of(exec_host)
     problem = None if slots else "the job record's exec_host names no slots on this node"
     return Record(queue, min(slots, MAX_SLOTS) or 1, problem, owner, hosts)
+
+
+def _as_exec_host(exec_vnode: str) -> str:
+    """exec_vnode's chunks in exec_host's shape: "(vm:ncpus=2:mem=1gb)+(n2[0]:ncpus=1)"
+    -> "vm/0*2+n2/0*1" (a vnode "host[i]" counts for its host)."""
+    chunks = []
+    for chunk in exec_vnode.split("+") if exec_vnode.strip() else []:
+        parts = chunk.strip().strip("()").split(":")
+        host = parts[0].partition("[")[0]
+        ncpus = next((p[6:] for p in parts[1:] if p.startswith("ncpus=")), "1")
+        chunks.append(f"{host}/0*{ncpus}" if ncpus.isdigit() else "malformed")
+    return "+".join(chunks)
 
 
 def hosts_of(exec_host: str) -> tuple[str, ...]:
@@ -140,7 +155,11 @@ def slots_on(exec_host: str, node: str) -> int:
 def _script_path(jobs: Path, stdin: bytes, job_id: str) -> Path:
     """The job's .SC, from the one line pbs_mom wrote on stdin."""
     line = stdin.decode("utf-8", "replace").strip()
-    path = Path(line.split()[0]) if line else Path()
+    try:  # the shell reads it: array ids come quoted, 11\[1\].vm.SC
+        words = shlex.split(line)
+    except ValueError:
+        words = []
+    path = Path(words[0]) if words else Path()
     if path.name != f"{job_id}.SC" or os.path.realpath(path.parent) != os.path.realpath(jobs):
         raise NotATorqueJob("cbatch-starter must be started by pbs_mom as an OpenPBS job "
                             "(stdin does not name this job's script)", stdin=line[:200])

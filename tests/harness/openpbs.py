@@ -1,0 +1,156 @@
+"""The real OpenPBS of ../shared/openpbs/build-openpbs.sh, driven for the openpbs tier:
+qsub/qstat/qdel by full path, cbatch's hook installed and removed with qmgr, and a cbatchd
+of the tier's own on its own socket (the Torque tier owns the default one)."""
+
+from __future__ import annotations
+
+import json
+import pwd
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+PBS_EXEC = Path("/opt/pbs")
+PBS_HOME = Path("/var/spool/pbs")
+REPO = Path(__file__).resolve().parents[2]
+HOOK_FILE = REPO / "hooks" / "openpbs" / "cbatch_hook.py"
+HOOK = "cbatch"
+CBATCH_BIN = Path("/usr/local/bin")
+SOCKET = Path("/run/cbatch-openpbs/cbatchd.sock")  # the hook sets CBATCH_SOCKET to it
+ENV = {"PATH": f"{PBS_EXEC}/bin:{PBS_EXEC}/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
+       "PBS_CONF_FILE": "/etc/pbs.conf"}
+
+
+def installed() -> bool:
+    return (PBS_EXEC / "bin" / "qsub").exists() and Path("/etc/pbs.conf").exists()
+
+
+def run(*argv: str, user: str | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    cmd = list(argv) if user is None else ["runuser", "-u", user, "--", *argv]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, check=check,
+                          timeout=60, **kw)
+
+
+def ensure_running() -> None:
+    if run(f"{PBS_EXEC}/bin/qstat", "-B", check=False).returncode != 0:
+        subprocess.run(["/etc/init.d/pbs", "start"], env=ENV, check=True, timeout=120,
+                       capture_output=True)
+
+
+def qmgr(command: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(f"{PBS_EXEC}/bin/qmgr", "-c", command, check=check)
+
+
+def install_hook(config_file: Path) -> None:
+    qmgr(f"delete hook {HOOK}", check=False)
+    qmgr(f"create hook {HOOK} event='execjob_launch,execjob_end'")
+    qmgr(f"import hook {HOOK} application/x-python default {HOOK_FILE}")
+    qmgr(f"import hook {HOOK} application/x-config default {config_file}")
+    time.sleep(3)  # the server sends the hook to the moms
+
+
+def remove_hook() -> None:
+    qmgr(f"delete hook {HOOK}", check=False)
+    time.sleep(3)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Job:
+    def __init__(self, job_id: str, user: str):
+        self.id, self.user = job_id, user
+        self.home = Path(pwd.getpwnam(user).pw_dir)
+
+    def status(self) -> dict:
+        out = run(f"{PBS_EXEC}/bin/qstat", "-fx", "-F", "json", self.id).stdout
+        return json.loads(out)["Jobs"][self.id]
+
+    def wait(self, timeout: float = 60) -> dict:
+        return wait_for(lambda: (lambda s: s if s.get("job_state") in ("F", "X") else None)(
+            self.status()), timeout, f"job {self.id} to finish")
+
+    def output(self, kind: str = "o") -> str:
+        info = self.status()
+        path = Path(info["Output_Path" if kind == "o" else "Error_Path"].partition(":")[2])
+        wait_for(path.exists, 20, f"{path}")
+        return path.read_text()
+
+
+def submit(user: str, script: str | None, *args: str, workdir: Path) -> Job:
+    """qsub as the user from workdir; the script on stdin (None: only args)."""
+    out = run(f"{PBS_EXEC}/bin/qsub", *args, user=user, input=script, cwd=workdir).stdout
+    return Job(out.strip(), user)
+
+
+def accounting(job_id: str) -> dict[str, str]:
+    """The E record of a job in today's accounting log: its key=value fields."""
+    for path in sorted((PBS_HOME / "server_priv" / "accounting").glob("*"), reverse=True):
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split(";", 3)
+            if len(parts) == 4 and parts[1] == "E" and parts[2] == job_id:
+                return dict(re.findall(r"(\S+?)=(\S+)", parts[3]))
+    return {}
+
+
+class CbatchNode:
+    """A cbatchd serving OpenPBS on the tier's own socket."""
+
+    def __init__(self, images: dict[str, str], default: str, extra: dict | None = None):
+        self.root = Path(tempfile.mkdtemp(prefix="cbatch-openpbs-"))
+        os.chmod(self.root, 0o755)
+        self.config_path = self.root / "cbatch.yaml"
+        self.log_path = self.root / "cbatchd.log"
+        self.settings: dict = {
+            "batch": {"system": "openpbs"},
+            "openpbs": {"home": str(PBS_HOME)},
+            "socket": {"path": str(SOCKET)},
+            "images": {"default": default,
+                       "aliases": {alias: {"ref": ref} for alias, ref in images.items()}},
+            "logging": {"format": "json"},
+        }
+        for key, value in (extra or {}).items():
+            self.settings.setdefault(key, {}).update(value)
+        self.config_path.write_text(json.dumps(self.settings, indent=2))
+        self.hook_config = self.root / "cbatch_hook.json"
+        self.hook_config.write_text(json.dumps({"starter": str(CBATCH_BIN / "cbatch-starter"),
+                                                "socket": str(SOCKET)}))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        SOCKET.parent.mkdir(parents=True, exist_ok=True)
+        SOCKET.unlink(missing_ok=True)
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen([str(CBATCH_BIN / "cbatchd"), "--config",
+                                          str(self.config_path)], stdout=log, stderr=log,
+                                         start_new_session=True, cwd="/")
+        wait_for(SOCKET.exists, 20, "cbatchd's socket")
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=15)
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines()
+                if line.startswith("{")]
+
+    def events(self, name: str, **match: object) -> list[dict]:
+        return [r for r in self.records() if r.get("event") == name
+                and all(r.get(k) == v for k, v in match.items())]
+
+    def cleanup(self) -> None:
+        self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
