@@ -119,7 +119,8 @@ static int carry_output(void) {
             if (pid == child && !shell_done) {
                 status = reaped;
                 shell_done = 1;
-                kill(-1, SIGKILL); /* what the job left running (never pid 1 itself) */
+                if (getpid() == 1) /* only as a container's init: kill(-1) spares it */
+                    kill(-1, SIGKILL); /* what the job left running */
             }
     }
     return status;
