@@ -43,6 +43,7 @@ class Session:
         self.done = threading.Event()  # set once the job's end is known: EOF is then normal
         self.job: batch.Job | None = None
         self.plan: outputs.Plan | None = None
+        self.resumed_carried = True  # a resumed container's keeper carries its output (-s)
         self.mounts: binds.Mounts | None = None  # the job's own folders, held open
         self.store: storage.Store | None = None  # the job's /tmp and /var/tmp
         self.exit_channel: keeper.ExitChannel | None = None
@@ -169,6 +170,7 @@ class Session:
                                  image=labels.image or None)
         self.exit_channel = keeper.ExitChannel(self.cfg.exit_dir, job.container_name)
         self.exit_channel.open()
+        self.resumed_carried = " -s " in f" {existing.get('Command', '')} "
         self.conn.settimeout(None)
         try:
             attach = self.engine.attach(self.container_id, stdout=True, stderr=True,
@@ -184,8 +186,10 @@ class Session:
 
     def _streams_output(self) -> bool:
         """Does job output flow through the attach stream (not straight into files)?"""
-        if self.plan is None or self.job.interactive:  # resumed, or a terminal
+        if self.job.interactive:
             return True
+        if self.plan is None:  # resumed: the keeper was told (-s) when output streams
+            return self.resumed_carried
         return "stream" in (self.plan.stdout.mode, self.plan.stderr.mode)
 
     def _exit(self, watch: Supervisor, status: int) -> None:

@@ -90,7 +90,9 @@ def test_fifty_killed_starters_leave_no_container(daemon, submit, api):
         done = list(pool.map(kill_one, range(50)))
     assert len(done) == 50
     time.sleep(0.5)
-    assert not api.containers(all=True, filters={"label": "cbatch"})
+    left = [c for c in api.containers(all=True, filters={"label": "cbatch"})
+            if c["Labels"].get("cbatch.job_id") in done]
+    assert not left
 
 
 def test_health_says_error_when_the_daemon_is_down(fresh_daemon):

@@ -132,7 +132,9 @@ def test_metrics_count_jobs_by_outcome_for_node_exporter(image_ids, site_dirs, t
                    rlimits={"rss": (limit, limit)}).status == 137
         sleeper = submit("#!/bin/bash\nsleep 4\nexit 0\n", d=d)
         d.wait_for_event("container_started", job_id=sleeper.spec.job_id)
-        samples = _wait_for(textfile, lambda s: s[("cbatch_containers_running", ())] == 1)
+        outcomes = ("ran", "refused", "node_failure", "oom")
+        samples = _wait_for(textfile, lambda s: s[("cbatch_containers_running", ())] == 1
+                            and sum(_jobs(s, o) for o in outcomes) == 4)
         # the OOM-killed job counts as oom exactly when the daemon's record names it so
         ooms = sum(r["oom_killed"] for r in d.events("job_finished"))
         assert {o: _jobs(samples, o) for o in ("ran", "refused", "node_failure", "oom")} == {

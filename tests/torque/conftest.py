@@ -68,12 +68,16 @@ class Mom:
 @pytest.fixture(scope="session")
 def mom(tq_image):
     torque.ensure_running()
+    # a job queued while the node was briefly down (the health check) is not left waiting
+    # for pbs_sched's default 10-minute cycle
+    torque.qmgr("set server scheduler_iteration = 3")
     saved = torque.MOM_CONFIG.read_text()
     health = torque.PBS_HOME / "mom_priv" / "cbatch-health-test"
     mom = Mom(health)
     yield mom
     health.unlink(missing_ok=True)
     torque.restart_mom(saved)
+    torque.qmgr("unset server scheduler_iteration")
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +98,8 @@ def cbatch(node, mom):
     mom.use(True)
     if not node.alive():
         node.start()
+    torque.wait_for(lambda: set(torque.node_states().values()) == {"free"}, 90,
+                    "every node to be free")
     yield node
 
 

@@ -108,7 +108,7 @@ def test_with_docker_down_the_starters_end_is_still_noticed(docker_down):
     daemon_end, starter_end = socket.socketpair()
     attach, attach_other = socket.socketpair()
     watch = Supervisor(daemon_end, lambda *a, **k: True, docker_down, "c" * 64, os.getpid(),
-                       attach, None, None, True, 1.0, threading.Event(), "/bin/bash",
+                       attach, None, None, True, 1.0, threading.Event(), False, "/bin/bash",
                        structlog.get_logger("test"))
     with capture_logs() as logs:
         control = threading.Thread(target=watch._control, daemon=True)
