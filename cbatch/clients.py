@@ -24,16 +24,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from cbatch.container import Bind
+from cbatch.errors import NodeIncomplete
+
 BUNDLE_TARGET = Path("/.cbatch-torque")  # where a container sees the bundle (read-only)
 TRQAUTHD_SOCKET = Path("/tmp/trqauthd-unix")  # Torque 6's default
 _LIBRARY = re.compile(r"(?:=> )?(/\S+) \(0x")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Mount:
-    source: Path
-    target: Path
-    read_only: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,7 +37,7 @@ class Bundle:
     """The gathered clients and what a container mounts to use them."""
 
     folder: Path
-    mounts: tuple[Mount, ...]
+    mounts: tuple[Bind, ...]
     names: tuple[str, ...]
 
 
@@ -76,17 +72,17 @@ def gather(clients: tuple[Path, ...], folder: Path, torque_home: Path) -> Bundle
             f'exec {lib / loader} --library-path {lib} --argv0 "$0" '
             f'{BUNDLE_TARGET / "libexec" / client.name} "$@"\n')
         wrapper.chmod(0o755)
-        mounts.append(Mount(wrapper, client))
+        mounts.append(Bind(wrapper, client, True))
     for path in folder.rglob("*"):  # libraries are read, the loader and programs run
         library = path.parent.name == "lib" and not path.name.startswith("ld-linux")
         os.chmod(path, 0o644 if library else 0o755)
     os.chmod(folder, 0o755)
-    mounts.insert(0, Mount(folder, BUNDLE_TARGET))
+    mounts.insert(0, Bind(folder, BUNDLE_TARGET, True))
     server_name = torque_home / "server_name"
     if server_name.is_file():
-        mounts.append(Mount(server_name, server_name))
+        mounts.append(Bind(server_name, server_name, True))
     if TRQAUTHD_SOCKET.exists():
-        mounts.append(Mount(TRQAUTHD_SOCKET, TRQAUTHD_SOCKET, read_only=False))
+        mounts.append(Bind(TRQAUTHD_SOCKET, TRQAUTHD_SOCKET, False))
     return Bundle(folder, tuple(mounts), tuple(c.name for c in clients))
 
 
@@ -104,12 +100,21 @@ def _libraries(binary: Path) -> list[Path]:
 _bundles: dict[tuple, Bundle] = {}
 
 
-def for_config(cfg) -> Bundle | None:
-    """The bundle for a policy's `torque.clients` (gathered once per list), or None."""
+def binds(cfg) -> tuple[Bind, ...]:
+    """What a container mounts for the policy's `torque.clients` (gathered once per list).
+
+    Raises NodeIncomplete when the clients cannot be bundled: the job does not run.
+    """
     if not cfg.clients:
-        return None
+        return ()
     key = (cfg.clients, cfg.clients_dir, cfg.torque_home)
     if key not in _bundles:
+        try:
+            bundle = gather(cfg.clients, cfg.clients_dir, cfg.torque_home)
+        except (OSError, ValueError) as exc:
+            raise NodeIncomplete(f"cbatch could not prepare this node's Torque clients for "
+                                 f"the job's container ({exc}); the job did not run; it can "
+                                 "be requeued; tell your admin") from exc
         _bundles.clear()
-        _bundles[key] = gather(cfg.clients, cfg.clients_dir, cfg.torque_home)
-    return _bundles[key]
+        _bundles[key] = bundle
+    return _bundles[key].mounts

@@ -20,10 +20,10 @@ import structlog
 from cbatch import accounting, binds, clients, directives, keeper, metrics, outputs, policy
 from cbatch import batch, protocol, reconcile, spec, storage, terminal
 from cbatch.config import Config
-from cbatch.container import Bind, Labels
+from cbatch.container import Labels
 from cbatch.engine import Engine
-from cbatch.errors import (CbatchError, ContainerFailed, EngineRestarted, NodeIncomplete,
-                           ResumeFailed, ShellUnavailable, oom_message)
+from cbatch.errors import (CbatchError, EngineRestarted, NodeIncomplete, ResumeFailed,
+                           ShellUnavailable, oom_message)
 from cbatch.failures import refuse, report_bug
 from cbatch.peer import Peer
 from cbatch.supervise import Supervisor
@@ -115,7 +115,7 @@ class Session:
                                  "can be requeued; tell your admin", keeper=str(self.cfg.keeper))
         self.exit_channel = keeper.ExitChannel(self.cfg.exit_dir, job.container_name)
         self.exit_channel.create(job.uid, job.gid)
-        extra = plan.binds + (self.store.binds if self.store else ()) + _client_binds(self.cfg)
+        extra = plan.binds + (self.store.binds if self.store else ()) + clients.binds(self.cfg)
         container = spec.build(job, decision, mounts.binds, plan.stdout, plan.stderr, extra,
                                cgroup_parent=parent,
                                keeper=(self.cfg.keeper, self.exit_channel.path),
@@ -243,14 +243,3 @@ class Session:
         except OSError:
             return False
 
-
-def _client_binds(cfg: Config) -> tuple[Bind, ...]:
-    """The node's Torque clients, when the policy gives them to containers."""
-    try:
-        bundle = clients.for_config(cfg)
-    except (OSError, ValueError) as exc:
-        raise ContainerFailed(f"cbatch could not prepare this node's Torque clients for the "
-                              f"job's container ({exc}); the job did not run; it can be "
-                              "requeued; tell your admin") from exc
-    return tuple(Bind(m.source, m.target, m.read_only) for m in bundle.mounts) \
-        if bundle else ()
