@@ -711,6 +711,10 @@ static int reconnect(char **argv, int tty) {
     }
     double deadline = now() + patience;
     for (;;) {
+        /* qdel or walltime while no daemon listens: pbs_mom has TERMed the adopted container
+         * too, and natively the job's top shell dies of it at once: so does the starter */
+        if (received[SIGTERM])
+            finish(128 + SIGTERM, SIGTERM, NULL, 0);
         int sock = connect_daemon(0);
         if (sock >= 0) {
             size_t len = build_request(argv, tty, 1);

@@ -293,6 +293,18 @@ def test_daemon_vanishing_mid_job_is_one_line_after_waiting_for_it(launch):
                    b"come back within 1 s; the job's end is unknown; tell your admin\n")
 
 
+def test_a_term_while_the_daemon_is_away_ends_the_starter_as_natively(launch):
+    """qdel while cbatchd restarts: pbs_mom TERMs the adopted container too; natively the
+    job's top shell dies of it at once, so the starter does not wait for a daemon."""
+    daemon, proc = launch([("stdout", b"partial\n", {})], env={"CBATCH_RECONNECT_S": "30"})
+    time.sleep(0.5)  # the daemon has gone: the starter is waiting to reconnect
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    status, out, err = finish(proc)
+    assert time.monotonic() - started < 5
+    assert (status, out, err) == (-signal.SIGTERM, b"partial\n", b"")  # Torque records 271
+
+
 def test_a_restarted_daemon_is_asked_to_resume_the_job(launch):
     daemon, proc = launch([("stdout", b"before\n", {})], [("stdout", b"after\n", {}), exit_frame(4)],
                           env={"CBATCH_RECONNECT_S": "10"})
