@@ -127,6 +127,16 @@ def test_qdel_of_a_two_node_job_leaves_no_container_on_either_node(two_nodes, su
                     "every container of the job to be removed")
 
 
+def test_walltime_kill_of_a_two_node_job_leaves_no_container(two_nodes, submit, tq_api):
+    names, daemon = two_nodes
+    job = submit("#!/bin/bash\n" + SISTER + "pbsdsh -h $sister sleep 300 &\nsleep 300\n",
+                 "-l", "nodes=2:ppn=1,walltime=00:00:04")
+    assert job.exit_status(timeout=4 + 3 * torque.CHECK_POLL_S + 30) == -11
+    assert "=>> PBS: job killed: walltime" in job.output("e")
+    torque.wait_for(lambda: not torque.containers(tq_api, job.job_id), 30,
+                    "every container of the job to be removed")
+
+
 def test_a_killed_sister_task_and_a_sister_without_cbatchd(two_nodes, submit, tq_api):
     """A sister task's starter SIGKILLed: its container goes, pbsdsh reports the task as
     natively. A task started while the node's cbatchd is down: one cbatch: line, never a
