@@ -31,16 +31,21 @@ def bind(path: Path, mode: int, group: str | None) -> socket.socket:
         if not stat.S_ISSOCK(st.st_mode):
             raise OSError(f"{path} exists and is not a socket; refusing to replace it")
         path.unlink()
+    # Bound under a private name, given its owner and mode, then renamed into place: the
+    # socket appears at path complete (a starter or admin never meets it half-made).
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old = os.umask(0o177)  # never world-accessible before the chmod below
     try:
-        sock.bind(str(path))
+        sock.bind(str(staging))
     finally:
         os.umask(old)
     gid = grp.getgrnam(group).gr_gid if group else -1
-    os.chown(path, 0 if os.geteuid() == 0 else -1, gid)
-    os.chmod(path, mode)
+    os.chown(staging, 0 if os.geteuid() == 0 else -1, gid)
+    os.chmod(staging, mode)
     sock.listen(512)
+    os.rename(staging, path)
     return sock
 
 
