@@ -150,17 +150,13 @@ def _exit_status(job_id: str) -> int:
 
 
 def _moms() -> list[tuple[int, list[str]]]:
-    """(pid, argv) of each pbs_mom daemon, not of the children it forks for jobs."""
-    pids = set(torque._pids("pbs_mom", MOM))
+    """(pid, argv) of each pbs_mom daemon (torque._pids leaves out its forks for jobs)."""
     found = []
-    for pid in sorted(pids):
+    for pid in sorted(torque._pids(MOM)):
         try:
-            argv = torque._cmdline(pid)
-            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+            found.append((pid, torque._cmdline(pid)))
+        except OSError:
             continue
-        if ppid not in pids:
-            found.append((pid, argv))
     return found
 
 

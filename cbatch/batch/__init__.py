@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import re
+import stat
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -22,6 +24,26 @@ if TYPE_CHECKING:
     from cbatch.config import Config
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+def read_root_record(path: Path, limit: int) -> tuple[bytes, str | None]:
+    """A mom's record of a job: (its bytes, None), or (b"", why it may not be trusted).
+
+    It must be a regular file (no symlink followed) that only root may write, of at most
+    `limit` bytes: the job's owner must not be able to steer policy through it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return b"", f"cannot open {path.name}: {exc.strerror}"
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            return b"", f"{path.name} is not a regular file only root may write"
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        return b"", f"{path.name} is larger than {limit} bytes"
+    return data, None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

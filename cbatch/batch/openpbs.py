@@ -14,14 +14,12 @@ import os
 import pwd
 import re
 import shlex
-import stat
 from pathlib import Path
 
 from cbatch import peer as peer_
-from cbatch import policy
-from cbatch.batch import Job, Record, proc_facts, torque
+from cbatch.batch import Job, Record, proc_facts, read_root_record, torque
 from cbatch.config import Config
-from cbatch.errors import NotATorqueJob, PolicyDenied
+from cbatch.errors import NotATorqueJob
 
 MAX_RECORD_BYTES = 1024 * 1024
 MAX_SLOTS = 1024
@@ -48,12 +46,7 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
         NotATorqueJob: the peer is not (or no longer) a job pbs_mom started for that uid.
         PolicyDenied: root or system-uid jobs when the policy does not allow them.
     """
-    try:
-        policy.admit(cfg, peer.uid)
-    except PolicyDenied as exc:
-        exc.fields["claimed_job_id"] = proc_facts.claimed_job_id(peer.pid, proc)
-        raise
-    facts = proc_facts.read(peer, tty, cfg.require_pbs_mom_parent, "OpenPBS", proc)
+    facts = proc_facts.read(cfg, peer, tty, "OpenPBS", proc)
     job_id, task = facts.job_id, facts.task
     jobs = jobs_dir(cfg.torque_home)
     own = jobs / f"{job_id}.SC"
@@ -83,18 +76,10 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
 
 def record(cfg: Config, job_id: str) -> Record:
     """The mom's facts about a job as cbatch's hook wrote them (root-owned JSON)."""
-    path = records_dir(cfg.torque_home) / f"{job_id}.json"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        return Record("", 1, f"cannot open {path.name}: {exc.strerror}")
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-            return Record("", 1, f"{path.name} is not a regular file only root may write")
-        data = f.read(MAX_RECORD_BYTES + 1)
-    if len(data) > MAX_RECORD_BYTES:
-        return Record("", 1, f"{path.name} is larger than {MAX_RECORD_BYTES} bytes")
+    data, problem = read_root_record(records_dir(cfg.torque_home) / f"{job_id}.json",
+                                     MAX_RECORD_BYTES)
+    if problem:
+        return Record("", 1, problem)
     return parse(data, job_id, os.uname().nodename)
 
 

@@ -12,7 +12,9 @@ import re
 from pathlib import Path
 
 from cbatch import peer as peer_
-from cbatch.errors import NotATorqueJob
+from cbatch import policy
+from cbatch.config import Config
+from cbatch.errors import NotATorqueJob, PolicyDenied
 
 MAX_ENVIRON_BYTES = 4 * 1024 * 1024
 JOB_ID = re.compile(r"^[0-9]+(\[[0-9]*\])?(\.[A-Za-z0-9_-][A-Za-z0-9_.-]*)?$")  # 12[3].server
@@ -39,9 +41,10 @@ class Facts:
     task: int
 
 
-def read(peer: peer_.Peer, tty: bool, require_mom: bool, system: str,
+def read(cfg: Config, peer: peer_.Peer, tty: bool, system: str,
          proc: Path = peer_.PROC) -> Facts:
-    """The starter's facts, once its shape proves pbs_mom started it as a job.
+    """The starter's facts, once the policy admits its uid and its shape proves pbs_mom
+    started it as a job.
 
     A batch job or TM task is a session leader whose parent is root's pbs_mom; an
     interactive job (qsub -I) is the child of a root session leader that pbs_mom forked,
@@ -49,7 +52,14 @@ def read(peer: peer_.Peer, tty: bool, require_mom: bool, system: str,
 
     Raises:
         NotATorqueJob: the peer is not (or no longer) a job pbs_mom started.
+        PolicyDenied: root or system-uid jobs when the policy does not allow them.
     """
+    try:
+        policy.admit(cfg, peer.uid)
+    except PolicyDenied as exc:  # logged with the job id it claims, marked as claimed
+        exc.fields["claimed_job_id"] = claimed_job_id(peer.pid, proc)
+        raise
+    require_mom = cfg.require_pbs_mom_parent
     what = f"cbatch-starter must be started by pbs_mom as a {system} job"
     st = peer.stat  # as read at accept
     try:

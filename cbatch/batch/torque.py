@@ -14,7 +14,7 @@ import stat as stat_
 from pathlib import Path
 
 from cbatch import peer as peer_
-from cbatch import policy, sisters
+from cbatch import sisters
 from cbatch.batch import Job, Record, proc_facts, torque_records
 from cbatch.config import Config
 from cbatch.errors import MotherSuperiorSilent, NotATorqueJob, PolicyDenied
@@ -42,12 +42,7 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
         NotATorqueJob: the peer is not (or no longer) a job pbs_mom started for that uid.
         PolicyDenied: root or system-uid jobs when the policy does not allow them.
     """
-    try:
-        policy.admit(cfg, peer.uid)
-    except PolicyDenied as exc:
-        exc.fields["claimed_job_id"] = proc_facts.claimed_job_id(peer.pid, proc)
-        raise
-    facts = proc_facts.read(peer, tty, cfg.require_pbs_mom_parent, "Torque", proc)
+    facts = proc_facts.read(cfg, peer, tty, "Torque", proc)
     job_id, task, env, interactive = facts.job_id, facts.task, facts.env, facts.interactive
     jobs = jobs_dir(cfg.torque_home)
     own = _own_prefix(jobs, job_id, env)  # this pbs_mom's name for the job's files
@@ -58,7 +53,7 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
         script = jobs / (own + ".SC")
         script = script if os.path.lexists(script) else None
     else:
-        script = _script_path(cfg, stdin, job_id, task)
+        script = _script_path(cfg, stdin, job_id)
     text = read_script(script, peer.uid) if script is not None else ""
     prefix = script.name[:-3] if script else own
     record = torque_records.read(jobs, prefix, job_id)
@@ -121,7 +116,7 @@ def _sister_directives(cfg: Config, record: torque_records.Record, job_id: str,
     return block
 
 
-def _script_path(cfg: Config, stdin: bytes, job_id: str, task: int) -> Path:
+def _script_path(cfg: Config, stdin: bytes, job_id: str) -> Path:
     """The top task's .SC path, from the stdin line pbs_mom wrote."""
     jobs = jobs_dir(cfg.torque_home)
     line = stdin.decode("utf-8", "replace").strip()

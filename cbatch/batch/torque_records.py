@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from cbatch.batch import Record
+from cbatch.batch import Record, read_root_record
 
 MAX_BYTES = 4 * 1024 * 1024  # a job's record is a few kB; Variable_List can make it more
 MAX_SLOTS = 1024
@@ -23,18 +22,9 @@ _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")  # one exec_host index or range: 3, 0
 
 def read(jobs_dir: Path, prefix: str, job_id: str, node: str | None = None) -> Record:
     """The job's queue and slot count from pbs_mom's record of it."""
-    path = jobs_dir / f"{prefix}.JB"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        return Record("", 1, f"cannot open {path.name}: {exc.strerror}")
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-            return Record("", 1, f"{path.name} is not a regular file only root may write")
-        data = f.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        return Record("", 1, f"{path.name} is larger than {MAX_BYTES} bytes")
+    data, problem = read_root_record(jobs_dir / f"{prefix}.JB", MAX_BYTES)
+    if problem:
+        return Record("", 1, problem)
     return parse(data, job_id, node or os.uname().nodename)
 
 

@@ -10,7 +10,6 @@ then prints the number of exchanges made.
 import ctypes
 import os
 import select
-import sys
 import time
 
 RENAME_EXCHANGE = 2

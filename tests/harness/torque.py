@@ -53,19 +53,30 @@ def installed() -> bool:
     return (SBIN / "pbs_server").exists() and (SBIN / "pbs_mom").exists()
 
 
-def _pids(comm: str, exe: Path) -> list[int]:
-    """Pids of a real Torque daemon (by executable: the harness's momsim calls itself
-    pbs_mom too)."""
+def _pids(exe: Path) -> list[int]:
+    """Pids of a real Torque daemon, by executable (the harness's momsim calls itself
+    pbs_mom too), leaving out its own forks (pbs_mom's per-job children run its image)."""
+    def image(pid: int | str) -> str | None:
+        try:
+            return os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return None
+
     found = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.readlink(f"/proc/{entry.name}/exe") == str(exe):
+        if entry.name.isdigit() and image(entry.name) == str(exe):
+            try:
+                parent = _ppid(int(entry.name))
+            except OSError:
+                continue
+            if image(parent) != str(exe):
                 found.append(int(entry.name))
-        except OSError:
-            continue
     return found
+
+
+def _ppid(pid: int) -> int:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return int(raw[raw.rindex(")") + 2:].split()[1])
 
 
 def start_daemon(program: Path, *args: str) -> None:
@@ -106,27 +117,27 @@ def node_message() -> str:
 
 def ensure_running() -> None:
     """trqauthd, pbs_server and pbs_sched up (build-torque.sh set them up once)."""
-    if not _pids("trqauthd", SBIN / "trqauthd"):
+    if not _pids(SBIN / "trqauthd"):
         start_daemon(SBIN / "trqauthd")
-    if not _pids("pbs_server", SBIN / "pbs_server"):
+    if not _pids(SBIN / "pbs_server"):
         start_daemon(SBIN / "pbs_server")
     wait_for(lambda: subprocess.run([str(BIN / "qmgr"), "-c", "list server"],
                                     capture_output=True, timeout=30).returncode == 0,
              90, "pbs_server to answer")
-    if not _pids("pbs_sched", SBIN / "pbs_sched"):
+    if not _pids(SBIN / "pbs_sched"):
         start_daemon(SBIN / "pbs_sched")
 
 
 def restart_mom(config_text: str) -> None:
     """Write mom_priv/config and restart every pbs_mom with the arguments it had (one, or
     the two of a multi-mom node); a HUP keeps stale settings."""
-    moms = {pid: _cmdline(pid) for pid in _pids("pbs_mom", SBIN / "pbs_mom")}
+    moms = {pid: _cmdline(pid) for pid in _pids(SBIN / "pbs_mom")}
     for pid in moms:
         os.kill(pid, signal.SIGTERM)  # pbs_mom leaves its jobs' processes running
     try:
-        wait_for(lambda: not _pids("pbs_mom", SBIN / "pbs_mom"), 20, "pbs_mom to stop")
+        wait_for(lambda: not _pids(SBIN / "pbs_mom"), 20, "pbs_mom to stop")
     except AssertionError:
-        for pid in _pids("pbs_mom", SBIN / "pbs_mom"):
+        for pid in _pids(SBIN / "pbs_mom"):
             os.kill(pid, signal.SIGKILL)
     MOM_CONFIG.write_text(config_text)
     for argv in moms.values() or [[str(SBIN / "pbs_mom")]]:

@@ -29,7 +29,7 @@ def cfg(home):
 ])
 def test_script_path_from_stdin(home, line, job_id, task, name):
     jobs = torque.jobs_dir(home)
-    path = torque._script_path(cfg(home), line.format(jobs=jobs).encode(), job_id, task)
+    path = torque._script_path(cfg(home), line.format(jobs=jobs).encode(), job_id)
     assert path == jobs / name
 
 
@@ -53,7 +53,7 @@ def test_a_tm_tasks_files_are_its_own_pbs_moms(home):
 ])
 def test_stdin_naming_anything_else_is_refused(home, line, job_id):
     with pytest.raises(NotATorqueJob, match="stdin does not name this job's script"):
-        torque._script_path(cfg(home), line.format(jobs=torque.jobs_dir(home)).encode(), job_id, 1)
+        torque._script_path(cfg(home), line.format(jobs=torque.jobs_dir(home)).encode(), job_id)
 
 
 def test_script_must_be_a_regular_file_of_the_user_not_a_symlink(home, tmp_path):
