@@ -52,7 +52,8 @@ def container_init(pid: int, uid: int, proc: Path = peer.PROC) -> str | None:
 
 
 def adopt(pbs_track: Path, job: Job, pid: int, proc: Path = peer.PROC) -> tuple[bool, str]:
-    """Run `pbs_track -j <job id> -a <pid>` as the job's user; (succeeded, what it said)."""
+    """Run `pbs_track -j <job id> -a <pid>` (OpenPBS: `pbs_attach -j <job id> -p <pid>`) as
+    the job's user; (succeeded, what it said)."""
     problem = container_init(pid, job.uid, proc)
     if problem is not None:
         return False, problem
@@ -63,13 +64,19 @@ def adopt(pbs_track: Path, job: Job, pid: int, proc: Path = peer.PROC) -> tuple[
     if port.isdigit():  # a multi-mom node: the job's own pbs_mom
         env["PBS_MOMPORT"] = port
     try:
-        done = subprocess.run([str(pbs_track), "-j", job.job_id, "-a", str(pid)],
+        done = subprocess.run([str(pbs_track), "-j", job.job_id, _pid_option(pbs_track),
+                               str(pid)],
                               capture_output=True, text=True, timeout=TIMEOUT_S, env=env,
                               cwd="/", user=job.uid, group=job.gid,
                               extra_groups=list(job.groups), start_new_session=True)
     except (OSError, subprocess.SubprocessError) as exc:
         return False, str(exc)
     return done.returncode == 0, (done.stdout + done.stderr).strip()[:500]
+
+
+def _pid_option(tool: Path) -> str:
+    """Torque's pbs_track adopts a pid's session with -a; OpenPBS's pbs_attach with -p."""
+    return "-p" if tool.name == "pbs_attach" else "-a"
 
 
 def torque_parent(job_id: str, driver: str, root: Path = CGROUP_ROOT) -> str | None:
@@ -109,8 +116,9 @@ def oom_kills(pid: int, root: Path = CGROUP_ROOT, proc: Path = Path("/proc")) ->
 
 
 def adopt_container(engine, container_id: str, pbs_track: Path, job: Job, exit_channel,
-                    log) -> None:
-    """pbs_track -a the container's session, so Torque counts it and qdel reaches it.
+                    log) -> int | None:
+    """pbs_track -a the container's session, so Torque counts it and qdel reaches it;
+    the container's init pid on the host (None when Docker did not say).
 
     The keeper holds the container open until the job's end has been reported, so its
     init is alive here however short the job. Runs in a thread of its own; never raises.
@@ -119,19 +127,26 @@ def adopt_container(engine, container_id: str, pbs_track: Path, job: Job, exit_c
         pid = int(engine.inspect(container_id)["State"]["Pid"])
     except (CbatchError, KeyError, ValueError, TypeError) as exc:
         log.warning("adopt_failed", reason=f"no init pid: {exc}")
-        return
+        return None
     ok, said = adopt(pbs_track, job, pid)
     if ok:
         exit_channel.mark_adopted()
         log.info("job_adopted", init_pid=pid)
     else:
         log.warning("adopt_failed", init_pid=pid, reason=said)
+    return pid
 
 
-def oom_killed(engine, container_id: str, log) -> bool:
-    """Was any process of the job OOM-killed (even if the job lived on)? Worth the
-    round trip, so the owner learns why. Docker flags it only once the container has
-    exited; while the keeper holds it, the container's memory cgroup tells."""
+def oom_killed(engine, container_id: str, log, init_pid: int | None = None,
+               uid: int = -1) -> bool:
+    """Was any process of the job OOM-killed (even if the job lived on)?
+
+    While the keeper holds the container, its memory cgroup tells: read through
+    `init_pid` when that is still the job's live container init, with no round trip to
+    Docker. Otherwise Docker is asked; it flags OOMKilled only once the container has
+    exited, so the owner learns why."""
+    if init_pid is not None and container_init(init_pid, uid) is None:
+        return oom_kills(init_pid) > 0
     try:
         state = engine.inspect(container_id).get("State", {})
     except CbatchError as exc:  # the job's end is known; only the OOM word is lost

@@ -64,7 +64,7 @@ class Mounts:
         self.fds.clear()
 
 
-def resolve(job: Job, decision: Decision, torque_home: Path) -> Mounts:
+def resolve(job: Job, decision: Decision, pbs_home: Path) -> Mounts:
     """All bind mounts for the job, at most one per target, parents before children.
 
     The job's own paths are opened here once, as its uid would reach them (opener.py);
@@ -100,12 +100,12 @@ def resolve(job: Job, decision: Decision, torque_home: Path) -> Mounts:
         # the home's path is the admin's (passwd): its symlinks are followed, each step
         # checked as the job's uid
         home = _open(job.home, who, directory=True, follow=True)
-        if home and is_job_path(home.path, decision.workdir_roots, torque_home):
+        if home and is_job_path(home.path, decision.workdir_roots, pbs_home):
             add(home.path, job.home, False, home.fd)
         elif home:
             os.close(home.fd)
-        _add_cwd(job, decision, torque_home, who, binds, add)
-        aux = Path(os.path.realpath(torque_home / "aux"))
+        _add_cwd(job, decision, pbs_home, who, binds, add)
+        aux = Path(os.path.realpath(pbs_home / "aux"))
         for name in NODE_FILES:
             path = job.env.get(name)
             node_file = _open(path, who, directory=False, follow=True) if path else None
@@ -114,7 +114,7 @@ def resolve(job: Job, decision: Decision, torque_home: Path) -> Mounts:
             elif node_file:
                 os.close(node_file.fd)
         tmpdir = _own_tmpdir(job, who)
-        if tmpdir and is_job_path(tmpdir.path, decision.workdir_roots, torque_home) \
+        if tmpdir and is_job_path(tmpdir.path, decision.workdir_roots, pbs_home) \
                 and not _inside(tmpdir.path, binds):
             add(tmpdir.path, tmpdir.path, False, tmpdir.fd)
         elif tmpdir:
@@ -129,11 +129,11 @@ def resolve(job: Job, decision: Decision, torque_home: Path) -> Mounts:
     return Mounts(tuple(ordered), fds)
 
 
-def _add_cwd(job: Job, decision: Decision, torque_home: Path, who: opener.Who,
+def _add_cwd(job: Job, decision: Decision, pbs_home: Path, who: opener.Who,
              binds: dict[Path, Bind], add: Callable[..., None]) -> None:
     """Mount the working directory (a kernel-given path: no symlink, no '..') unless a
     read-write mount covers it. A symlink met on the way means it was swapped."""
-    check_workdir(job.cwd, decision, torque_home)
+    check_workdir(job.cwd, decision, pbs_home)
     cwd = Path(os.path.normpath(job.cwd))
     if _inside(cwd, binds):
         return

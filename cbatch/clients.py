@@ -101,18 +101,18 @@ _bundles: dict[tuple, Bundle] = {}
 
 
 def binds(cfg) -> tuple[Bind, ...]:
-    """What a container mounts for the policy's `torque.clients` (gathered once per list).
+    """What a container mounts for the policy's `batch.clients` (gathered once per list).
 
     Raises NodeIncomplete when the clients cannot be bundled: the job does not run.
     """
     if not cfg.clients:
         return ()
-    key = (cfg.clients, cfg.clients_dir, cfg.torque_home)
+    key = (cfg.clients, cfg.clients_dir, cfg.pbs_home)
     if key not in _bundles:
         try:
-            bundle = gather(cfg.clients, cfg.clients_dir, cfg.torque_home)
+            bundle = gather(cfg.clients, cfg.clients_dir, cfg.pbs_home)
         except (OSError, ValueError) as exc:
-            raise NodeIncomplete(f"cbatch could not prepare this node's Torque clients for "
+            raise NodeIncomplete(f"cbatch could not prepare this node's batch clients for "
                                  f"the job's container ({exc}); the job did not run; it can "
                                  "be requeued; tell your admin") from exc
         _bundles.clear()

@@ -56,6 +56,9 @@ class SiteMount:
     audience: Audience
 
 
+PBS_ATTACH = Path("/opt/pbs/bin/pbs_attach")  # OpenPBS's default PBS_EXEC
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     socket_path: Path = Path("/run/cbatch/cbatchd.sock")
@@ -66,11 +69,12 @@ class Config:
     max_connections_per_user: int = 512
     max_connections: int = 1024  # overall; must fit RLIMIT_NOFILE (nofile.py)
     batch_system: str = "torque"  # the module of cbatch/batch/ that proves jobs
-    torque_home: Path = Path("/var/spool/torque")  # PBS_HOME: torque.home or openpbs.home
-    require_pbs_mom_parent: bool = True
+    pbs_home: Path = Path("/var/spool/torque")  # PBS_HOME: torque.home or openpbs.home
+    require_pbs_mom_parent: bool = True  # batch.require_pbs_mom_parent
     job_cgroup: bool = True  # put containers under Torque's torque/<job id> cgroup if present
-    pbs_track: Path | None = Path("/usr/local/bin/pbs_track")  # adopt when no job cgroup
-    clients: tuple[Path, ...] = ()  # Torque clients every container gets (clients.py)
+    # adopt the container when no job cgroup: torque.pbs_track, or openpbs.pbs_attach
+    pbs_track: Path | None = Path("/usr/local/bin/pbs_track")
+    clients: tuple[Path, ...] = ()  # batch.clients: pbsdsh & co. in every container
     sister_port: int | None = 1019  # where sisters ask for a job's directives (sisters.py)
     allow_root: bool = False
     min_uid: int = 1000
@@ -96,6 +100,11 @@ class Config:
 
     def image(self, alias: str) -> Image | None:
         return next((i for i in self.images if i.alias == alias), None)
+
+    @property
+    def torque_home(self) -> Path:
+        """pbs_home's former name."""
+        return self.pbs_home
 
     @property
     def placeholder_dir(self) -> Path:
@@ -264,6 +273,16 @@ def _home(system: str, torque: _Section, openpbs: _Section, default: Path) -> Pa
     return openpbs_home if system == "openpbs" else torque_home
 
 
+def _moved(new: _Section, old: _Section, key: str, read: Any) -> Any:
+    """A key that serves every batch system (batch.<key>), still accepted under torque:
+    (its former place), never in both."""
+    if key in old.data:
+        if key in new.data:
+            raise old.fail(key, f"is batch.{key} now; keep only that one")
+        return read(old, key)
+    return read(new, key)
+
+
 def parse(data: Any, source: Path | None = None) -> Config:
     """Validate a loaded YAML document into a Config."""
     top = _Section(data, "", None)
@@ -292,12 +311,13 @@ def parse(data: Any, source: Path | None = None) -> Config:
                                           d.max_connections_per_user),
         max_connections=sock.get("max_connections", int, d.max_connections),
         batch_system=system,
-        torque_home=_home(system, torque, openpbs, d.torque_home),
-        require_pbs_mom_parent=torque.get("require_pbs_mom_parent", bool, True),
+        pbs_home=_home(system, torque, openpbs, d.pbs_home),
+        require_pbs_mom_parent=_moved(batch_, torque, "require_pbs_mom_parent",
+                                      lambda sec, key: sec.get(key, bool, True)),
         job_cgroup=torque.get("job_cgroup", bool, True),
         pbs_track=(_absolute(torque, "pbs_track", None) if "pbs_track" in torque.data
                    else d.pbs_track),  # null turns adoption off
-        clients=_paths(torque, "clients"),
+        clients=_moved(batch_, torque, "clients", _paths),
         sister_port=(torque.get("sister_port", int, None) if "sister_port" in torque.data
                      else d.sister_port),  # null turns it off
         allow_root=jobs.get("allow_root", bool, False),
@@ -378,11 +398,13 @@ def parse(data: Any, source: Path | None = None) -> Config:
         entry.finish()
     fields["mounts"] = tuple(parsed_mounts)
 
+    pbs_attach = (_absolute(openpbs, "pbs_attach", None) if "pbs_attach" in openpbs.data
+                  else PBS_ATTACH)  # null turns adoption off
     if system == "openpbs":  # Torque's pbs_track, cgroup path and sister port do not apply
         for key in ("pbs_track", "sister_port", "job_cgroup"):
             if key in torque.data:
                 raise torque.fail(key, "applies to Torque only (batch.system is openpbs)")
-        fields.update(pbs_track=None, sister_port=None, job_cgroup=False)
+        fields.update(pbs_track=pbs_attach, sister_port=None, job_cgroup=False)
     for sec in (batch_, openpbs, sock, torque, jobs, images, container, logging_, metrics, top):
         sec.finish()
     return Config(**fields)

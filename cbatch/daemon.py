@@ -44,16 +44,23 @@ class Daemon:
         self.sessions: set[Session] = set()
         self.lock = threading.Lock()
         self.metrics_failing = False  # the textfile's last write failed (logged once)
-        self.images = NodeImages()  # what Docker holds, shared by every session's Engine
+        self.images = NodeImages()  # what Docker holds
+        self._engine: Engine | None = None
 
     def engine(self) -> Engine:
-        return Engine(node=self.images)
+        """The daemon's one Docker client, shared by every session, sweep and admin
+        request (made at first use; never closed by them)."""
+        with self.lock:
+            if self._engine is None:
+                # a few beyond the connection limit: the sweep's and the admin CLI's
+                self._engine = Engine(node=self.images, pool=self.cfg.max_connections + 8)
+            return self._engine
 
     def _answer_sisters(self) -> sisters.Server | None:
         """Tell sister nodes the directives of the jobs whose scripts this node holds."""
         if self.cfg.sister_port is None:
             return None
-        jobs = self.cfg.torque_home / "mom_priv" / "jobs"
+        jobs = self.cfg.pbs_home / "mom_priv" / "jobs"
 
         def nodes_of(job_id: str) -> list[str]:
             return list(batch.record(self.cfg, job_id).hosts)
@@ -210,16 +217,11 @@ class Daemon:
     def sweep(self) -> None:
         with self.lock:
             busy = {s.container_id for s in self.sessions if s.container_id}
-        engine = None
         try:
-            engine = self.engine()
-            removed, failed = reconcile.sweep(engine, busy)
+            removed, failed = reconcile.sweep(self.engine(), busy)
         except CbatchError as exc:
             self.log.error("sweep_failed", **exc.log_fields())
             return
-        finally:
-            if engine is not None:
-                engine.close()
         for item in removed:
             self.log.info("orphan_removed", container_id=item.container_id[:12],
                           job_id=item.job_id, user=item.user, reason=item.reason)

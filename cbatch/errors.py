@@ -1,10 +1,10 @@
 """The one exception tree of cbatch; str(exc) is the job owner's line (after "cbatch: ").
 
-Each class names what happened; what Torque records for it is looked up in EXIT_STATUS.
+Each class names what happened; the status the batch system records for it is in EXIT_STATUS.
 
     CbatchError                 base
     ├── RequestError            the job's request cannot be honoured: the user must change it
-    │   ├── NotATorqueJob       the caller is not a running Torque job of that user
+    │   ├── NotABatchJob        the caller is not a running batch job of that user
     │   ├── AlreadyRunning      this job task already runs in a container on this node
     │   ├── DirectiveError      a #CBATCH line is malformed or unknown (carries the line)
     │   ├── PolicyDenied        image, mount, uid or folder not allowed by the site policy
@@ -45,7 +45,7 @@ class CbatchError(Exception):
 
     @property
     def exit_status(self) -> int:
-        """What Torque records for this failure (EXIT_STATUS, most specific class first)."""
+        """What the batch system records for this failure (EXIT_STATUS, most specific class first)."""
         return next(EXIT_STATUS[c] for c in type(self).__mro__ if c in EXIT_STATUS)
 
     def log_fields(self) -> dict[str, object]:
@@ -57,8 +57,11 @@ class RequestError(CbatchError):
     pass
 
 
-class NotATorqueJob(RequestError):
+class NotABatchJob(RequestError):
     pass
+
+
+NotATorqueJob = NotABatchJob  # its former name
 
 
 class AlreadyRunning(RequestError):
@@ -156,7 +159,7 @@ class DaemonRefused(CbatchError):
         return self.status
 
 
-# Whose side failed decides what Torque records: the job's own (the owner must change the
+# Whose side failed decides what the batch system records: the job's own (the owner must change the
 # job), or the node's (anything else: requeue-able). The one place a class gets its code.
 EXIT_STATUS: dict[type[CbatchError], int] = {
     RequestError: EXIT_REFUSED,

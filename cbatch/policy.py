@@ -97,17 +97,17 @@ def group_names(cfg: Config, gids: tuple[int, ...]) -> frozenset[str]:
     return frozenset(names)
 
 
-def is_job_path(path: Path, roots: tuple[Path, ...], torque_home: Path) -> bool:
+def is_job_path(path: Path, roots: tuple[Path, ...], pbs_home: Path) -> bool:
     """May a job's own folder (resolved) be bind-mounted into its container?"""
     if path in SYSTEM_ROOTS or not any(path == r or r in path.parents for r in roots):
         return False
-    forbidden = (*SYSTEM_TREES, Path(os.path.realpath(torque_home)))
+    forbidden = (*SYSTEM_TREES, Path(os.path.realpath(pbs_home)))
     return not any(path == t or t in path.parents for t in forbidden)
 
 
-def check_workdir(cwd: Path, decision: Decision, torque_home: Path) -> None:
+def check_workdir(cwd: Path, decision: Decision, pbs_home: Path) -> None:
     """Raises PolicyDenied when the job's working directory may not enter its container."""
-    if not is_job_path(Path(os.path.normpath(cwd)), decision.workdir_roots, torque_home):
+    if not is_job_path(Path(os.path.normpath(cwd)), decision.workdir_roots, pbs_home):
         roots = ", ".join(str(r) for r in decision.workdir_roots)
         raise PolicyDenied(f"the job's working directory {cwd} cannot be used in its "
                            f"container; submit from a directory under {roots} (not a system "

@@ -48,6 +48,7 @@ class Session:
         self.store: storage.Store | None = None  # the job's /tmp and /var/tmp
         self.exit_channel: keeper.ExitChannel | None = None
         self.adoption: threading.Thread | None = None
+        self.init_pid: int | None = None  # the container's init on the host, once adopted
         self.marks = {"accepted": accepted or time.monotonic()}  # (when the daemon did)
 
     def run(self) -> None:
@@ -98,7 +99,7 @@ class Session:
         groups = policy.group_names(self.cfg, job.groups)
         decision = policy.decide(self.cfg, job.user, groups, job.queue, found)
         self.log = self.log.bind(image=decision.image.alias, digest=decision.image.ref)
-        mounts = self.mounts = binds.resolve(job, decision, self.cfg.torque_home)
+        mounts = self.mounts = binds.resolve(job, decision, self.cfg.pbs_home)
         mounts.pin(self.cfg.placeholder_dir, job.container_name)
         if decision.tmp_bytes:
             self.store = storage.make(self.cfg.placeholder_dir, job.container_name,
@@ -141,12 +142,14 @@ class Session:
         self.log.info("container_started", stdout=plan.stdout.mode, stderr=plan.stderr.mode,
                       cgroup_parent=parent)
         if parent is None and self.cfg.pbs_track is not None and self.cfg.pbs_track.exists():
-            self.adoption = threading.Thread(
-                target=accounting.adopt_container, daemon=True, name="adopt",
-                args=(self.engine, self.container_id, self.cfg.pbs_track, job,
-                      self.exit_channel, self.log))
+            self.adoption = threading.Thread(target=self._adopt, daemon=True, name="adopt")
             self.adoption.start()
         return attach
+
+    def _adopt(self) -> None:
+        self.init_pid = accounting.adopt_container(self.engine, self.container_id,
+                                                   self.cfg.pbs_track, self.job,
+                                                   self.exit_channel, self.log)
 
     def _resume(self, job: batch.Job) -> socket.socket:
         """Re-adopt a running job's container after a daemon restart.
@@ -206,7 +209,8 @@ class Session:
                                   "on this node; it can be requeued", exit_code=status)
         if self.adoption is not None:  # pbs_mom must know the container before the end
             self.adoption.join(accounting.TIMEOUT_S + 1)
-        oom = accounting.oom_killed(self.engine, self.container_id, self.log)
+        oom = accounting.oom_killed(self.engine, self.container_id, self.log, self.init_pid,
+                                    self.job.uid)
         message = oom_message(status, self.job.rlimits.get("rss", (-1, -1))[0]) if oom else None
         tmp_full = self.store.full() if self.store is not None else None
         if tmp_full:
@@ -214,6 +218,7 @@ class Session:
             message = message or tmp_full
         self.done.set()
         self._send(protocol.KIND_EXIT, status=status, signal=signum, message=message)
+        self.marks["told"] = time.monotonic()
         metrics.job_ended("oom" if oom else "ran", self.marks)
         self.log.info("job_finished", exit_status=status, signal=signum, oom_killed=oom,
                       starter_gone=watch.starter_gone.is_set(), told_by=watch.status_source,
@@ -232,8 +237,6 @@ class Session:
                               removal_ms=round((time.monotonic() - began) * 1000, 1))
         except CbatchError as exc:
             self.log.error("container_not_removed", **exc.log_fields())
-        finally:
-            self.engine.close()
 
     def _send(self, kind: str, payload: bytes = b"", **fields: object) -> bool:
         try:

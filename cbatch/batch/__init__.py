@@ -106,7 +106,7 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
     """Prove the peer is a live job task of peer.uid in this node's batch system.
 
     Raises:
-        NotATorqueJob: the peer is not (or no longer) a job the mom started for that uid.
+        NotABatchJob: the peer is not (or no longer) a job the mom started for that uid.
         PolicyDenied: root or system-uid jobs when the policy does not allow them.
     """
     return system(cfg).verify(cfg, peer, argv, stdin, tty=tty, **kwargs)

@@ -19,7 +19,7 @@ from pathlib import Path
 from cbatch import peer as peer_
 from cbatch.batch import Job, Record, proc_facts, read_root_record, torque
 from cbatch.config import Config
-from cbatch.errors import NotATorqueJob
+from cbatch.errors import NotABatchJob
 
 MAX_RECORD_BYTES = 1024 * 1024
 MAX_SLOTS = 1024
@@ -43,12 +43,12 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
     `qsub -- cmd` (stdin empty, no .SC) runs its argv as given, as do TM tasks.
 
     Raises:
-        NotATorqueJob: the peer is not (or no longer) a job pbs_mom started for that uid.
+        NotABatchJob: the peer is not (or no longer) a job pbs_mom started for that uid.
         PolicyDenied: root or system-uid jobs when the policy does not allow them.
     """
     facts = proc_facts.read(cfg, peer, tty, "OpenPBS", proc)
     job_id, task = facts.job_id, facts.task
-    jobs = jobs_dir(cfg.torque_home)
+    jobs = jobs_dir(cfg.pbs_home)
     own = jobs / f"{job_id}.SC"
     if facts.interactive or task > 1 or not stdin.strip():
         script = own if os.path.lexists(own) else None
@@ -58,12 +58,12 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
     try:
         entry = pwd.getpwuid(peer.uid)
     except KeyError:
-        raise NotATorqueJob(f"uid {peer.uid} has no passwd entry on this node") from None
+        raise NotABatchJob(f"uid {peer.uid} has no passwd entry on this node") from None
     found = record(cfg, job_id)
     if found.owner and found.owner != entry.pw_name:
-        raise NotATorqueJob(f"job {job_id} is not yours on this node", owner=found.owner)
+        raise NotABatchJob(f"job {job_id} is not yours on this node", owner=found.owner)
     if not peer_.is_alive(peer.pid, peer.start_ticks, proc):
-        raise NotATorqueJob("the job's starter process ended while cbatch checked it")
+        raise NotABatchJob("the job's starter process ended while cbatch checked it")
     direct = task <= 1 and not facts.interactive and not stdin.strip()
     return Job(
         job_id=job_id, prefix=job_id, task=task,
@@ -76,7 +76,7 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
 
 def record(cfg: Config, job_id: str) -> Record:
     """The mom's facts about a job as cbatch's hook wrote them (root-owned JSON)."""
-    data, problem = read_root_record(records_dir(cfg.torque_home) / f"{job_id}.json",
+    data, problem = read_root_record(records_dir(cfg.pbs_home) / f"{job_id}.json",
                                      MAX_RECORD_BYTES)
     if problem:
         return Record("", 1, problem)
@@ -146,6 +146,6 @@ def _script_path(jobs: Path, stdin: bytes, job_id: str) -> Path:
         words = []
     path = Path(words[0]) if words else Path()
     if path.name != f"{job_id}.SC" or os.path.realpath(path.parent) != os.path.realpath(jobs):
-        raise NotATorqueJob("cbatch-starter must be started by pbs_mom as an OpenPBS job "
+        raise NotABatchJob("cbatch-starter must be started by pbs_mom as an OpenPBS job "
                             "(stdin does not name this job's script)", stdin=line[:200])
     return path

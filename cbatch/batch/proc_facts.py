@@ -14,7 +14,7 @@ from pathlib import Path
 from cbatch import peer as peer_
 from cbatch import policy
 from cbatch.config import Config
-from cbatch.errors import NotATorqueJob, PolicyDenied
+from cbatch.errors import NotABatchJob, PolicyDenied
 
 MAX_ENVIRON_BYTES = 4 * 1024 * 1024
 JOB_ID = re.compile(r"^[0-9]+(\[[0-9]*\])?(\.[A-Za-z0-9_-][A-Za-z0-9_.-]*)?$")  # 12[3].server
@@ -51,7 +51,7 @@ def read(cfg: Config, peer: peer_.Peer, tty: bool, system: str,
     with the session's terminal as its own. `tty` (what the starter says) must match.
 
     Raises:
-        NotATorqueJob: the peer is not (or no longer) a job pbs_mom started.
+        NotABatchJob: the peer is not (or no longer) a job pbs_mom started.
         PolicyDenied: root or system-uid jobs when the policy does not allow them.
     """
     try:
@@ -73,19 +73,19 @@ def read(cfg: Config, peer: peer_.Peer, tty: bool, system: str,
         cwd = Path(os.readlink(proc / str(peer.pid) / "cwd"))
         limits_text = (proc / str(peer.pid) / "limits").read_text()
     except (OSError, KeyError, ValueError) as exc:
-        raise NotATorqueJob("the job's starter process vanished while cbatch checked it; "
+        raise NotABatchJob("the job's starter process vanished while cbatch checked it; "
                             "ask your admin to look at the node", pid=peer.pid) from exc
     if require_mom and not (mom.comm == "pbs_mom" and mom_uid == 0):
-        raise NotATorqueJob(f"{what} (its parent is not pbs_mom)", pid=peer.pid,
+        raise NotABatchJob(f"{what} (its parent is not pbs_mom)", pid=peer.pid,
                             parent=mom.comm)
     env = parse_environ(environ)
     if interactive != bool(tty) or (
             interactive and env.get("PBS_ENVIRONMENT") != "PBS_INTERACTIVE"):
-        raise NotATorqueJob(f"{what} (its terminal does not match the job's kind)",
+        raise NotABatchJob(f"{what} (its terminal does not match the job's kind)",
                             pid=peer.pid)
     job_id = env.get("PBS_JOBID", "")
     if not JOB_ID.match(job_id):
-        raise NotATorqueJob(f"the job has no PBS_JOBID; cbatch-starter runs only as a "
+        raise NotABatchJob(f"the job has no PBS_JOBID; cbatch-starter runs only as a "
                             f"{system} job starter", pid=peer.pid)
     task = int(env["PBS_TASKNUM"]) if env.get("PBS_TASKNUM", "").isdigit() else 1
     return Facts(interactive, env, cwd, peer.umask, parse_limits(limits_text), job_id, task)
@@ -112,7 +112,7 @@ def _interactive_mom(pid: int, st: peer_.ProcStat, proc: Path, what: str) -> int
     leader = peer_.stat(st.ppid, proc)
     if not (st.session == st.ppid and leader.session == st.ppid and uid_of(st.ppid, proc) == 0
             and st.tty_nr != 0 and leader.tty_nr == st.tty_nr):
-        raise NotATorqueJob(f"{what} (this process is not a job's session leader)", pid=pid)
+        raise NotABatchJob(f"{what} (this process is not a job's session leader)", pid=pid)
     return leader.ppid
 
 

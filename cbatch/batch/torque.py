@@ -17,13 +17,13 @@ from cbatch import peer as peer_
 from cbatch import sisters
 from cbatch.batch import Job, Record, proc_facts, torque_records
 from cbatch.config import Config
-from cbatch.errors import MotherSuperiorSilent, NotATorqueJob, PolicyDenied
+from cbatch.errors import MotherSuperiorSilent, NotABatchJob, PolicyDenied
 
 MAX_SCRIPT_BYTES = 16 * 1024 * 1024
 
 
-def jobs_dir(torque_home: Path) -> Path:
-    return torque_home / "mom_priv" / "jobs"
+def jobs_dir(pbs_home: Path) -> Path:
+    return pbs_home / "mom_priv" / "jobs"
 
 
 def prefix_of(job_id: str) -> str:
@@ -39,12 +39,12 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
     and record from pbs_mom's files. `tty` (what the starter says) must match the shape.
 
     Raises:
-        NotATorqueJob: the peer is not (or no longer) a job pbs_mom started for that uid.
+        NotABatchJob: the peer is not (or no longer) a job pbs_mom started for that uid.
         PolicyDenied: root or system-uid jobs when the policy does not allow them.
     """
     facts = proc_facts.read(cfg, peer, tty, "Torque", proc)
     job_id, task, env, interactive = facts.job_id, facts.task, facts.env, facts.interactive
-    jobs = jobs_dir(cfg.torque_home)
+    jobs = jobs_dir(cfg.pbs_home)
     own = _own_prefix(jobs, job_id, env)  # this pbs_mom's name for the job's files
     if interactive:  # no stdin line: the script, if qsub -I was given one, by the job id
         script = jobs / (own + ".SC")
@@ -60,11 +60,11 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
     try:
         entry = pwd.getpwuid(peer.uid)
     except KeyError:
-        raise NotATorqueJob(f"uid {peer.uid} has no passwd entry on this node") from None
+        raise NotABatchJob(f"uid {peer.uid} has no passwd entry on this node") from None
     if task > 1 and script is None:
         text = _sister_directives(cfg, record, job_id, entry)
     if not peer_.is_alive(peer.pid, peer.start_ticks, proc):
-        raise NotATorqueJob("the job's starter process ended while cbatch checked it")
+        raise NotABatchJob("the job's starter process ended while cbatch checked it")
     return Job(
         job_id=job_id, prefix=prefix, task=task,
         user=entry.pw_name, uid=peer.uid, gid=peer.gid, groups=peer.groups,
@@ -76,7 +76,7 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
 
 def record(cfg: Config, job_id: str) -> Record:
     """pbs_mom's record of a job on this node (its .JB, found under any multi-mom name)."""
-    jobs = jobs_dir(cfg.torque_home)
+    jobs = jobs_dir(cfg.pbs_home)
     found = sisters.find_job_file(jobs, prefix_of(job_id), ".JB")
     if found is None:
         return Record("", 1, "no record of the job on this node")
@@ -97,9 +97,9 @@ def _sister_directives(cfg: Config, record: torque_records.Record, job_id: str,
     """A sister's TM task: the job must be this user's by pbs_mom's record, and its
     directives come from the mother superior's cbatchd (sisters.py)."""
     if record.problem and not record.hosts:
-        raise NotATorqueJob(f"this node has no record of job {job_id} ({record.problem})")
+        raise NotABatchJob(f"this node has no record of job {job_id} ({record.problem})")
     if record.owner != entry.pw_name:
-        raise NotATorqueJob(f"job {job_id} is not yours on this node", owner=record.owner)
+        raise NotABatchJob(f"job {job_id} is not yours on this node", owner=record.owner)
     if cfg.sister_port is None:
         raise MotherSuperiorSilent("this node does not ask a job's mother superior for its "
                                    "#CBATCH lines (torque.sister_port is off); the task did "
@@ -112,20 +112,20 @@ def _sister_directives(cfg: Config, record: torque_records.Record, job_id: str,
                                    "image the job chose; the task did not run; tell your "
                                    "admin", reason=str(exc)) from exc
     if uid != entry.pw_uid:
-        raise NotATorqueJob(f"job {job_id}'s script on {mother} is not yours", uid=uid)
+        raise NotABatchJob(f"job {job_id}'s script on {mother} is not yours", uid=uid)
     return block
 
 
 def _script_path(cfg: Config, stdin: bytes, job_id: str) -> Path:
     """The top task's .SC path, from the stdin line pbs_mom wrote."""
-    jobs = jobs_dir(cfg.torque_home)
+    jobs = jobs_dir(cfg.pbs_home)
     line = stdin.decode("utf-8", "replace").strip()
     if line.startswith("exec "):
         line = line[len("exec "):].lstrip()
     path = Path(line.split()[0]) if line else Path()
     if (not path.name.endswith(".SC") or os.path.realpath(path.parent) != os.path.realpath(jobs)
             or not path.name.startswith(prefix_of(job_id))):
-        raise NotATorqueJob("cbatch-starter must be started by pbs_mom as a Torque job "
+        raise NotABatchJob("cbatch-starter must be started by pbs_mom as a Torque job "
                             "(stdin does not name this job's script)", stdin=line[:200])
     return path
 
@@ -134,11 +134,11 @@ def read_script(path: Path, uid: int) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise NotATorqueJob(f"cannot open the job script {path.name}: {exc.strerror}") from exc
+        raise NotABatchJob(f"cannot open the job script {path.name}: {exc.strerror}") from exc
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat_.S_ISREG(st.st_mode) or st.st_uid != uid:
-            raise NotATorqueJob(f"the job script {path.name} is not a regular file owned by you")
+            raise NotABatchJob(f"the job script {path.name} is not a regular file owned by you")
         data = f.read(MAX_SCRIPT_BYTES + 1)
     if len(data) > MAX_SCRIPT_BYTES:
         raise PolicyDenied(f"the job script is larger than {MAX_SCRIPT_BYTES // 2**20} MiB")

@@ -24,7 +24,7 @@ def test_a_process_that_is_not_a_torque_job_is_refused(daemon, test_user):
     assert proc.returncode == 126 and proc.stdout == ""
     assert proc.stderr == ("cbatch: cbatch-starter must be started by pbs_mom as a Torque job "
                            "(its parent is not pbs_mom)\n")
-    record = daemon.wait_for_event("job_refused", error="NotATorqueJob", uid=test_user.pw_uid)
+    record = daemon.wait_for_event("job_refused", error="NotABatchJob", uid=test_user.pw_uid)
     assert record["parent"] != "pbs_mom"
 
 

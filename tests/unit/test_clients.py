@@ -38,6 +38,6 @@ def test_the_wrapper_runs_the_client_through_the_bundle(tmp_path):
 def test_a_client_that_cannot_be_bundled_is_a_node_failure(tmp_path):
     cfg = config.parse({"torque": {"clients": [str(tmp_path / "no-such-program")]},
                         "socket": {"path": str(tmp_path / "run" / "cbatchd.sock")}})
-    with pytest.raises(NodeIncomplete, match="Torque clients"):
+    with pytest.raises(NodeIncomplete, match="batch clients"):
         clients.binds(cfg)
     assert clients.binds(config.parse({})) == ()

@@ -26,7 +26,7 @@ def test_sample_config_is_valid_and_complete():
 def test_minimal_config_takes_defaults(tmp_path):
     cfg = load_text(tmp_path, f"images:\n  default: a\n  aliases:\n    a: {{ref: '{DIGEST}'}}\n")
     assert cfg.image("a").ref == DIGEST
-    assert cfg.torque_home == Path("/var/spool/torque") and cfg.pull == "never"
+    assert cfg.pbs_home == Path("/var/spool/torque") and cfg.pull == "never"
 
 
 @pytest.mark.parametrize("text,where,problem", [
@@ -90,14 +90,34 @@ def test_sister_port_is_privileged_and_null_turns_it_off():
 ])
 def test_batch_system_chooses_the_prover_and_its_home(data, system, home):
     cfg = config.parse(data)
-    assert (cfg.batch_system, cfg.torque_home) == (system, home)
+    assert (cfg.batch_system, cfg.pbs_home) == (system, home)
 
 
-def test_an_openpbs_node_has_no_torque_adoption_or_sister_port():
+def test_an_openpbs_node_adopts_with_pbs_attach_and_has_no_sister_port():
     cfg = config.parse({"batch": {"system": "openpbs"}})
-    assert (cfg.pbs_track, cfg.sister_port, cfg.job_cgroup) == (None, None, False)
+    assert (cfg.pbs_track, cfg.sister_port, cfg.job_cgroup) == (
+        Path("/opt/pbs/bin/pbs_attach"), None, False)
+    assert config.parse({"batch": {"system": "openpbs"},
+                         "openpbs": {"pbs_attach": None}}).pbs_track is None
+    assert config.parse({"batch": {"system": "openpbs"}, "openpbs": {
+        "pbs_attach": "/srv/pbs/bin/pbs_attach"}}).pbs_track == Path("/srv/pbs/bin/pbs_attach")
+    assert config.parse({}).pbs_track == Path("/usr/local/bin/pbs_track")
     with pytest.raises(ConfigError, match="torque.sister_port.*Torque only"):
         config.parse({"batch": {"system": "openpbs"}, "torque": {"sister_port": 1019}})
+
+
+@pytest.mark.parametrize("section", ["batch", "torque"])  # torque: their former place
+def test_keys_for_every_batch_system_live_under_batch_and_their_old_place_still_works(
+        section):
+    cfg = config.parse({section: {"require_pbs_mom_parent": False,
+                                  "clients": ["/opt/pbs/bin/pbsdsh"]}})
+    assert (cfg.require_pbs_mom_parent, cfg.clients) == (False, (Path("/opt/pbs/bin/pbsdsh"),))
+    assert cfg.torque_home == cfg.pbs_home  # the field's former name still reads
+
+
+def test_a_moved_key_in_both_places_is_refused():
+    with pytest.raises(ConfigError, match="torque.clients.*batch.clients now"):
+        config.parse({"batch": {"clients": []}, "torque": {"clients": []}})
 
 
 @pytest.mark.parametrize("name", ["slurm", "torque_records", "proc_facts", "__init__", "../x"])

@@ -4,7 +4,7 @@ from cbatch import errors
 
 
 @pytest.mark.parametrize("exc,status", [
-    (errors.NotATorqueJob("not a job\nsecond line"), errors.EXIT_REFUSED),
+    (errors.NotABatchJob("not a job\nsecond line"), errors.EXIT_REFUSED),
     (errors.DirectiveError(4, "bad"), errors.EXIT_REFUSED),
     (errors.PolicyDenied("no", allowed=["a"]), errors.EXIT_REFUSED),
     (errors.ConfigError("a.b", "bad", 3), errors.EXIT_NODE_FAILURE),

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cbatch.batch import openpbs
-from cbatch.errors import NotATorqueJob
+from cbatch.errors import NotABatchJob
 
 
 def record(**facts):
@@ -44,7 +44,7 @@ def test_a_record_a_user_could_write_is_not_used(tmp_path):
 def test_stdin_naming_anything_but_this_jobs_script_is_refused(tmp_path, line):
     jobs = openpbs.jobs_dir(tmp_path)
     jobs.mkdir(parents=True)
-    with pytest.raises(NotATorqueJob, match="stdin does not name this job's script"):
+    with pytest.raises(NotABatchJob, match="stdin does not name this job's script"):
         openpbs._script_path(jobs, line.format(jobs=jobs).encode(), "7.vm-pbs")
 
 

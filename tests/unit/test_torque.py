@@ -7,7 +7,7 @@ import pytest
 
 from cbatch import config
 from cbatch.batch import proc_facts, torque
-from cbatch.errors import NotATorqueJob
+from cbatch.errors import NotABatchJob
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_a_tm_tasks_files_are_its_own_pbs_moms(home):
     ("\n", "5.vm"),
 ])
 def test_stdin_naming_anything_else_is_refused(home, line, job_id):
-    with pytest.raises(NotATorqueJob, match="stdin does not name this job's script"):
+    with pytest.raises(NotABatchJob, match="stdin does not name this job's script"):
         torque._script_path(cfg(home), line.format(jobs=torque.jobs_dir(home)).encode(), job_id)
 
 
@@ -60,15 +60,15 @@ def test_script_must_be_a_regular_file_of_the_user_not_a_symlink(home, tmp_path)
     script = torque.jobs_dir(home) / "5.vm.SC"
     uid = os.getuid()
     assert torque.read_script(script, uid).startswith("#!/bin/bash")
-    with pytest.raises(NotATorqueJob, match="not a regular file owned by you"):
+    with pytest.raises(NotABatchJob, match="not a regular file owned by you"):
         torque.read_script(script, uid + 1)
     link = torque.jobs_dir(home) / "7.vm.SC"
     link.symlink_to(script)
-    with pytest.raises(NotATorqueJob, match="cannot open the job script 7.vm.SC"):
+    with pytest.raises(NotABatchJob, match="cannot open the job script 7.vm.SC"):
         torque.read_script(link, uid)
     fifo = torque.jobs_dir(home) / "8.vm.SC"
     os.mkfifo(fifo)
-    with pytest.raises(NotATorqueJob, match="not a regular file"):
+    with pytest.raises(NotABatchJob, match="not a regular file"):
         torque.read_script(fifo, uid)
 
 
@@ -91,7 +91,7 @@ def test_root_and_system_uids_are_refused_unless_allowed(uid, settings, refused,
     from cbatch.peer import Peer
     cfg_ = config.parse({"torque": {"home": str(tmp_path)}, **settings})
     who = Peer(pid=2**22 + 7, uid=uid, gid=uid, groups=(), start_ticks=1)  # no such process
-    expected = PolicyDenied if refused else NotATorqueJob  # past the uid check: not a job
+    expected = PolicyDenied if refused else NotABatchJob  # past the uid check: not a job
     with pytest.raises(expected):
         torque.verify(cfg_, who, ["/bin/bash"], b"")
 
@@ -157,7 +157,7 @@ def test_the_interactive_shape_reads_directives_from_the_script_given_to_qsub(ho
 ])
 def test_anything_else_shaped_like_an_interactive_job_is_refused(home, tmp_path, tree, tty,
                                                                  reason):
-    with pytest.raises(NotATorqueJob, match=reason):
+    with pytest.raises(NotABatchJob, match=reason):
         verify_starter(home, interactive_tree(tmp_path, **tree), tty=tty)
 
 
@@ -167,5 +167,5 @@ def test_a_batch_job_claiming_a_terminal_is_refused(home, tmp_path):
     proc.add(2001, "cbatch-starter", 1000, 2001, env={"PBS_JOBID": "5.vm"})
     line = f"{torque.jobs_dir(home)}/5.vm.SC\n".encode()
     assert not verify_starter(home, proc.root, line, tty=False).interactive
-    with pytest.raises(NotATorqueJob, match="terminal does not match"):
+    with pytest.raises(NotABatchJob, match="terminal does not match"):
         verify_starter(home, proc.root, line, tty=True)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build and start a real single-node OpenPBS for the real-OpenPBS test tier (tests/openpbs),
+# with the build script and source tarball that ship beside this project (shared/openpbs:
+# build-openpbs.sh). It runs beside Torque on other ports (/opt/pbs, /var/spool/pbs).
+# Idempotent: an installed build that matches the tarball is only started. Run as root.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+# build-openpbs.sh runs apt-get: let it wait for a dpkg lock another installer holds
+apt_conf=$(mktemp)
+trap 'rm -f "$apt_conf"' EXIT
+echo 'DPkg::Lock::Timeout "600";' > "$apt_conf"
+export APT_CONFIG=$apt_conf
+for dir in "${CBATCH_OPENPBS_KIT:-}" "$here/../shared/openpbs" /work/shared/openpbs; do
+    if [ -n "$dir" ] && [ -x "$dir/build-openpbs.sh" ]; then
+        bash "$dir/build-openpbs.sh"
+        exit
+    fi
+done
+echo "setup-openpbs: no build-openpbs.sh found; set CBATCH_OPENPBS_KIT to its folder" >&2
+exit 1
