@@ -12,7 +12,7 @@ pbsdsh/TM task) starts. It puts the starter in front (progname, argv) and writes
 mom knows of the job (queue, owner, exec_host) to <PBS_HOME>/mom_priv/cbatch/<job id>.json,
 root's, for cbatchd's policy (the job's own environment is its owner's to set).
 execjob_end: removes that record. Config (JSON, every key optional):
-{"starter": "/usr/local/bin/cbatch-starter", "socket": "/run/cbatch/cbatchd.sock"}.
+{"starter": "/usr/bin/cbatch-starter", "socket": "/run/cbatch/cbatchd.sock"}.
 """
 
 import json
@@ -20,7 +20,7 @@ import os
 
 import pbs
 
-DEFAULTS = {"starter": "/usr/local/bin/cbatch-starter", "socket": None}
+DEFAULTS = {"starter": "/usr/bin/cbatch-starter", "socket": None}
 
 
 def _settings():
