@@ -143,8 +143,9 @@ def test_systemd_unit_is_valid(tmp_path):
     import shutil
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
+    # as the tree has it: its programs are the installed package's (/usr/bin)
     unit = (Path(__file__).parents[2] / "systemd" / "cbatchd.service").read_text()
-    (tmp_path / "cbatchd.service").write_text(unit.replace("/usr/local/bin/", "/bin/true #"))
+    (tmp_path / "cbatchd.service").write_text(unit)
     result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "cbatchd.service")],
                             capture_output=True, text=True)
     problems = [line for line in result.stderr.splitlines() if "cbatchd.service" in line]

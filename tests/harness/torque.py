@@ -23,8 +23,7 @@ from pathlib import Path
 PBS_HOME = Path("/var/spool/torque")
 SBIN = Path("/usr/local/sbin")
 BIN = Path("/usr/local/bin")  # Torque's clients
-CBATCH_BIN = Path("/usr/bin")  # cbatch's programs: the Debian package's, else pip's
-CBATCH_BIN = CBATCH_BIN if (CBATCH_BIN / "cbatch-starter").exists() else BIN
+CBATCH_BIN = Path("/usr/bin")  # cbatch's programs (the Debian package)
 STARTER = CBATCH_BIN / "cbatch-starter"
 SOCKET = Path("/run/cbatch/cbatchd.sock")  # the starter's default: nothing to configure
 MOM_CONFIG = PBS_HOME / "mom_priv" / "config"
