@@ -124,13 +124,18 @@ def trivial(b: Bench, rounds: int) -> None:
         fn()
     skip = len(b.phases())
     times = {k: [] for k in variants}
+    time.sleep(1)  # the warm-up job's removal and hold are over
+    cpu0 = _cpu_s(b.node.proc.pid)
     for _ in range(rounds):
         for name, fn in variants.items():
             times[name].append(fn())
+    time.sleep(2)  # the last job's removal, off its path, is counted too
+    daemon_ms = (_cpu_s(b.node.proc.pid) - cpu0) * 1000 / rounds
     table("1. trivial job, end to end (seconds)", times, "s", "docker run --rm (CLI, bridge)")
     med = {k: statistics.median(v) for k, v in times.items()}
     job = med["cbatch job (starter exec -> exit)"]
     summarize("trivial job, starter exec -> exit", f"{job:.3f} s")
+    summarize("cbatchd CPU per trivial job (user+sys, removal included)", f"{daemon_ms:.1f} ms")
     summarize("  / docker run --rm --network host (CLI)",
               f"{job / med['docker run --rm --network host (CLI)']:.2f}x", "<= 1.0x")
     summarize("  / docker run --rm (CLI, bridge)",

@@ -61,6 +61,21 @@ def _short(text: str) -> str:
     return text[:300]
 
 
+def _one_pool(api: docker.APIClient) -> None:
+    """Send every request to a local dockerd through one connection pool.
+
+    docker-py's Unix-socket adapter (5.0 as 7.x) keys its pools by each request's whole
+    URL, so every container's own URLs (start, wait, inspect, remove) got a new pool and
+    a new connection, each pool built at its full size: nothing was reused from job to
+    job. One socket, one pool: idle connections serve the next request, whatever its URL.
+    """
+    base_url = getattr(api, "base_url", None)  # (a test's autospecced client has none)
+    adapter = api.get_adapter(base_url) if base_url else None
+    if isinstance(adapter, docker.transport.UnixHTTPAdapter):
+        pool = adapter.get_connection(base_url)
+        adapter.get_connection = lambda url, proxies=None: pool
+
+
 class NodeImages:
     """What the node's Docker was found to hold, shared by every Engine of one daemon.
 
@@ -80,20 +95,27 @@ class NodeImages:
 
 
 class Engine:
-    """A connection to dockerd; one per job session (requests sessions are not shared).
+    """A client of dockerd. The daemon makes one and every session, sweep and admin
+    request shares it: one connection pool (thread-safe), its connections kept alive
+    from job to job. `pool` bounds the connections kept: each running job holds one (its
+    blocking wait), so the daemon sizes it to its connection limit.
 
     `node` is the daemon's NodeImages; an Engine made without one (the admin CLI, a
     test) keeps its own.
     """
 
     def __init__(self, base_url: str | None = None, timeout: float = 60,
-                 node: NodeImages | None = None) -> None:
+                 node: NodeImages | None = None, pool: int = 4) -> None:
         self.node = node if node is not None else NodeImages()
         with _translate("connect"):
             base_url = base_url or os.environ.get("DOCKER_HOST") or \
                 docker.utils.utils.DEFAULT_UNIX_SOCKET
             self.api = docker.APIClient(base_url=base_url,
-                                        version=API_VERSION, timeout=timeout, max_pool_size=4)
+                                        version=API_VERSION, timeout=timeout, max_pool_size=pool)
+        # dockerd is no web proxy's business and has no .netrc: requests would look both
+        # up on every call
+        self.api.trust_env = False
+        _one_pool(self.api)
 
     def close(self) -> None:
         self.api.close()

@@ -30,29 +30,26 @@ def serve(conn: socket.socket, cfg: Config, who: peer.Peer, header: dict,
     log = log.bind(job_id=job_id, caller_uid=who.uid, peer_pid=who.pid)
     engine = engine_factory()
     try:
-        try:
-            argv, tty, winsize = _read(header)
-            container = _target(engine, cfg, who, job_id)
-        except ExecRefused as exc:
-            log.warning("exec_refused", **exc.log_fields())
-            _send(conn, protocol.KIND_ERROR, status=exc.exit_status, message=str(exc))
-            return
-        labels = Labels.of(container)
-        state = engine.inspect(container["Id"])["Config"]
-        log = log.bind(job_id=labels.job_id or None, user=labels.user or None,
-                       uid=int(labels.uid or -1), container_id=container["Id"][:12])
-        exec_id, stream = engine.exec_start(container["Id"], _sized(argv, winsize),
-                                            state.get("User") or "",
-                                            state.get("WorkingDir") or "", tty)
-        log.info("exec_started", argv=argv[:8], tty=tty)
-        started = time.monotonic()
-        if winsize:
-            _resize(engine, exec_id, winsize, log)
-        status = _relay(conn, engine, exec_id, stream, tty, log)
-        log.info("exec_finished", exit_status=status,
-                 duration_s=round(time.monotonic() - started, 3))
-    finally:
-        engine.close()
+        argv, tty, winsize = _read(header)
+        container = _target(engine, cfg, who, job_id)
+    except ExecRefused as exc:
+        log.warning("exec_refused", **exc.log_fields())
+        _send(conn, protocol.KIND_ERROR, status=exc.exit_status, message=str(exc))
+        return
+    labels = Labels.of(container)
+    state = engine.inspect(container["Id"])["Config"]
+    log = log.bind(job_id=labels.job_id or None, user=labels.user or None,
+                   uid=int(labels.uid or -1), container_id=container["Id"][:12])
+    exec_id, stream = engine.exec_start(container["Id"], _sized(argv, winsize),
+                                        state.get("User") or "",
+                                        state.get("WorkingDir") or "", tty)
+    log.info("exec_started", argv=argv[:8], tty=tty)
+    started = time.monotonic()
+    if winsize:
+        _resize(engine, exec_id, winsize, log)
+    status = _relay(conn, engine, exec_id, stream, tty, log)
+    log.info("exec_finished", exit_status=status,
+             duration_s=round(time.monotonic() - started, 3))
 
 
 def _read(header: dict) -> tuple[list[str], bool, list[int] | None]:

@@ -29,11 +29,7 @@ def serve(conn, cfg: Config, who: Peer, header: dict, engine_factory, log) -> No
     """ps and kill for uid 0 and the admin group; AdminRefused for everyone else."""
     if not is_admin(cfg, who):
         raise AdminRefused("admin operations are for root and the admin group only")
-    engine = engine_factory()
-    try:
-        reply = handle(engine, header)
-    finally:
-        engine.close()
+    reply = handle(engine_factory(), header)
     log.info("admin_operation", **{k: v for k, v in reply.items() if k != "containers"})
     protocol.send(conn, protocol.KIND_REPLY, **reply)
 

@@ -93,3 +93,11 @@ def test_every_docker_error_is_translated_into_an_engine_error(cls):
         with engine._translate("be tested"):
             raise _instance(cls)
     assert isinstance(caught.value.__cause__, cls) and "\n" not in str(caught.value)
+
+
+def test_one_connection_pool_serves_every_container():
+    """docker-py pools per URL; the daemon's client reuses one pool whatever the URL."""
+    adapter = engine.Engine(pool=8).api.get_adapter("http+docker://localhost")
+    one = adapter.get_connection("http+docker://localhost/v1.41/containers/a/start")
+    assert adapter.get_connection("http+docker://localhost/v1.41/containers/b/wait") is one
+    assert one.pool.maxsize == 8

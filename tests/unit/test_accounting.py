@@ -1,0 +1,40 @@
+"""pbs_mom's adoption of a job's container runs with the job's credentials only."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cbatch import accounting
+from tests.unit.factories import make_job
+
+
+@pytest.mark.parametrize("groups, expected", [
+    ((1001, 1002), "--groups=1001,1002"),
+    ((), "--clear-groups"),
+])
+def test_adoption_runs_as_the_jobs_uid_gid_and_groups(mocker, groups, expected):
+    mocker.patch.object(accounting.os, "access", return_value=True)
+    prefix, extra = accounting._as_user(make_job(groups=groups))
+    assert prefix == [accounting.SETPRIV, "--reuid=1001", "--regid=1001", expected, "--"]
+    assert extra == {}
+
+
+def test_without_setpriv_python_switches_the_user(mocker):
+    mocker.patch.object(accounting.os, "access", return_value=False)
+    prefix, extra = accounting._as_user(make_job())
+    assert prefix == [] and extra == {"user": 1001, "group": 1001, "extra_groups": [1001, 1002]}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access(accounting.SETPRIV, os.X_OK),
+                    reason="needs root and setpriv")
+def test_the_program_gets_no_privilege_back():
+    """Real, saved and effective ids are the job's; no capabilities."""
+    prefix, _ = accounting._as_user(make_job(uid=65534, gid=65534, groups=(100,)))
+    status = subprocess.run([*prefix, sys.executable, "-c",
+                             "import os; print(os.getresuid(), os.getresgid(), os.getgroups());"
+                             "print(open('/proc/self/status').read())"],
+                            capture_output=True, text=True, check=True).stdout
+    assert status.splitlines()[0] == "(65534, 65534, 65534) (65534, 65534, 65534) [100]"
+    assert "CapEff:\t0000000000000000" in status and "CapPrm:\t0000000000000000" in status
