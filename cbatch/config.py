@@ -112,6 +112,11 @@ class Config:
         return self.socket_path.parent / "out"
 
     @property
+    def trqauth_dir(self) -> Path:
+        """The folder of the daemon's relay in front of trqauthd (trqauth.py)."""
+        return self.socket_path.parent / "trqauthd"
+
+    @property
     def clients_dir(self) -> Path:
         """Where the daemon gathers the Torque clients for containers (clients.py)."""
         return self.socket_path.parent / "torque-clients"

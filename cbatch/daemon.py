@@ -20,7 +20,8 @@ from pathlib import Path
 
 import structlog
 
-from cbatch import config, logs, metrics, nofile, outputs, protocol, reconcile, server, sisters
+from cbatch import (config, logs, metrics, nofile, outputs, protocol, reconcile, server, sisters,
+                    trqauth)
 from cbatch import batch, systemd
 from cbatch.admin import jobexec, ops
 from cbatch.engine import Engine, NodeImages
@@ -72,6 +73,17 @@ class Daemon:
                            error=exc.strerror)
             return None
 
+    def _relay_trqauthd(self) -> trqauth.Relay | None:
+        """Let Torque's clients in containers (qsub, qstat) authenticate to trqauthd."""
+        if self.cfg.batch_system != "torque" or not self.cfg.clients:
+            return None
+        try:
+            return trqauth.Relay(self.cfg.trqauth_dir, self.log).start()
+        except OSError as exc:  # jobs still run; only their qsub and qstat cannot log in
+            self.log.error("trqauth_relay_unavailable", path=str(self.cfg.trqauth_dir),
+                           error=exc.strerror)
+            return None
+
     def serve(self) -> int:
         self._check_nofile(self.cfg)
         removed = outputs.clean(self.cfg.placeholder_dir)
@@ -80,6 +92,7 @@ class Daemon:
         self.sweep()
         listener = server.bind(self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group)
         answering = self._answer_sisters()
+        relaying = self._relay_trqauthd()
         srv = server.Server(listener, self.handle, lambda: (
             self.cfg.max_connections_per_user, self.cfg.max_connections), self._refuse_crowded)
         wake_r, wake_w = socket.socketpair()
@@ -139,6 +152,8 @@ class Daemon:
             signal.set_wakeup_fd(-1)
             if answering is not None:
                 answering.close()
+            if relaying is not None:
+                relaying.close()
 
     def _running(self) -> int:
         with self.lock:

@@ -41,3 +41,25 @@ def test_a_client_that_cannot_be_bundled_is_a_node_failure(tmp_path):
     with pytest.raises(NodeIncomplete, match="batch clients"):
         clients.binds(cfg)
     assert clients.binds(config.parse({})) == ()
+
+
+def test_a_restart_reuses_an_unchanged_bundle_and_sets_a_changed_one_aside(tmp_path):
+    """Running containers mount the bundle: it is never emptied under them."""
+    first = clients.gather((TRUE,), tmp_path / "b", tmp_path)
+    inode = os.stat(first.folder).st_ino
+    clients.gather((TRUE,), tmp_path / "b", tmp_path)
+    assert os.stat(tmp_path / "b").st_ino == inode
+    clients.gather((TRUE, Path("/usr/bin/env")), tmp_path / "b", tmp_path)
+    assert os.stat(tmp_path / "b").st_ino != inode
+    assert os.stat(tmp_path / "b.previous").st_ino == inode
+    assert (tmp_path / "b.previous" / "bin" / "true").exists()
+
+
+def test_wrappers_lead_trqauthds_socket_to_the_relay_with_the_nodes_ln(tmp_path):
+    bundle = clients.gather((TRUE,), tmp_path / "b", tmp_path, relay=tmp_path / "relay")
+    wrapper = (bundle.folder / "bin" / "true").read_text()
+    assert ("/.cbatch-torque/libexec/ln -s /.cbatch-trqauthd/trqauthd-unix /tmp/trqauthd-unix"
+            in wrapper)
+    assert (bundle.folder / "libexec" / "ln").exists()  # not the image's: it may have none
+    targets = {str(b.target): (str(b.source), b.read_only) for b in bundle.mounts}
+    assert targets["/.cbatch-trqauthd"] == (str(tmp_path / "relay"), True)
