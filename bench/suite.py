@@ -214,21 +214,33 @@ def runtime(b: Bench, rounds: int) -> None:
 
 def output(b: Bench, rounds: int) -> None:
     script = "#!/bin/bash\ndd if=/dev/zero bs=1M count=1024\n"
+    # the same dd in a plain `docker run`, into a bind-mounted file beside the .OU: what
+    # Docker alone gives a container's writes, cbatch's path left out
+    folder = Path(tempfile.mkdtemp(prefix="cbatch-bench-out-", dir=b.node.root))
+    plain = ["docker", "run", "--rm", "--network", "host", "-v", f"{folder}:/out", b.image,
+             "/bin/sh", "-c", "dd if=/dev/zero bs=1M count=1024 2>&1 >>/out/o; rm -f /out/o"]
     rows: dict[str, list[float]] = {}
     for _ in range(rounds):
-        for native in (True, False):
+        for variant in ("native redirection", "cbatch (into .OU)", "docker run (bind mount)"):
             _settle()
-            status, starter_s, _, err = b.job(script, native=native)
+            if variant == "docker run (bind mount)":
+                err = subprocess.run(plain, capture_output=True, text=True, check=True).stdout
+            else:
+                err = b.job(script, native=variant.startswith("native"))[3]
             seconds = float(re.search(r"copied, ([0-9.]+) s", err).group(1))
-            rows.setdefault("native redirection" if native else "cbatch (into .OU)", []).append(
-                GIB / 1e6 / seconds)
+            rows.setdefault(variant, []).append(GIB / 1e6 / seconds)
     table("4. 1 GiB on stdout into the .OU file (MB/s, as dd measures it in the job)", rows,
           "MB/s", "native redirection")
     native, cbatch = rows["native redirection"], rows["cbatch (into .OU)"]
+    docker_run = rows["docker run (bind mount)"]
     pairs = sorted(c / n for n, c in zip(native, cbatch))  # each round's own ratio
     summarize("1 GiB stdout into the .OU / native",
               f"{statistics.median(cbatch) / statistics.median(native):.2f}x "
               f"(per round {pairs[0]:.2f}-{pairs[-1]:.2f}x)", ">= 0.9x, steady")
+    summarize("  docker run's dd into a bind-mounted file / native",
+              f"{statistics.median(docker_run) / statistics.median(native):.2f}x")
+    summarize("  cbatch / docker run (what cbatch's path costs)",
+              f"{statistics.median(cbatch) / statistics.median(docker_run):.2f}x")
     before = _docker_logs_bytes()
     print(f"   Docker log storage used by cbatch jobs: {_docker_logs_bytes() - before} bytes "
           "(log driver none; output never passes through dockerd)")
