@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cbatch.harness import momjob
+from cbatch.harness import momjob, pbstrack
 from cbatch.harness.momsim import JobSpec
 
 
@@ -31,8 +31,8 @@ class LocalNode:
         self.config_path = self.root / "cbatch.yaml"
         self.log_path = self.root / "cbatchd.log"
         self.starter = str(momjob.installed_starter())  # as pbs_mom runs it
-        pbs_track = self.root / "pbs_track"  # behaves as Torque's (momsim.pbs_track)
-        pbs_track.write_text(f"#!/bin/sh\nexec /usr/bin/python3 -I -m cbatch.harness.momsim pbs_track "
+        pbs_track = self.root / "pbs_track"  # behaves as Torque's (harness/pbstrack.py)
+        pbs_track.write_text(f"#!/bin/sh\nexec /usr/bin/python3 -I -S {pbstrack.__file__} "
                              f"{self.torque_home} \"$@\"\n")
         os.chmod(pbs_track, 0o755)
         settings: dict = {

@@ -43,6 +43,8 @@ import time
 import xml.sax.saxutils
 from pathlib import Path
 
+from cbatch.harness import pbstrack
+
 PBS_ENVIRONMENT = {"PATH": "/bin:/usr/bin", "LANG": "C.UTF-8"}
 _PR_SET_NAME = 15
 
@@ -435,30 +437,7 @@ def _commands(job: Started, spec: JobSpec, p: dict[str, Path],
             kill_job(signal.SIGTERM)
 
 
-ADOPTED = "adopted"  # <torque home>/adopted/<job id>: the sessions pbs_track adopted
-TM_EPERM = 17008
-
-
-def pbs_track(torque_home: Path, argv: list[str]) -> int:
-    """`pbs_track -j <job id> -a <pid>` as Torque's tm_adopt() does it.
-
-    It adopts getsid(pid), and only when the caller's uid owns that session's leader
-    (TM_EPERM otherwise, root included); pid 0 is the caller's own session. pbs_mom then
-    signals the adopted session with the job (see adopted_sessions).
-    """
-    args = dict(zip(argv[::2], argv[1::2]))
-    job_id, pid = args["-j"], int(args["-a"])
-    try:
-        sid = os.getsid(pid)
-        owner = os.stat(f"/proc/{sid}").st_uid
-    except OSError:
-        owner = -1
-    if owner != os.getuid():
-        print(f"pbs_track: permission denied: (null) ({TM_EPERM})", file=sys.stderr)
-        return 1
-    with open(torque_home / ADOPTED / job_id, "a") as record:
-        record.write(f"{sid} {pid} {time.time():.3f}\n")
-    return 0
+ADOPTED = pbstrack.ADOPTED
 
 
 def adopted_sessions(spec: JobSpec, since: float = 0.0) -> list[int]:
@@ -474,7 +453,7 @@ def adopted_sessions(spec: JobSpec, since: float = 0.0) -> list[int]:
 
 def _main() -> None:
     if sys.argv[1] == "pbs_track":
-        sys.exit(pbs_track(Path(sys.argv[2]), sys.argv[3:]))
+        sys.exit(pbstrack.pbs_track(sys.argv[2], sys.argv[3:]))
     if sys.argv[1] == "--many":
         results = run_many([JobSpec(**s) for s in json.loads(sys.argv[2])])
         print(json.dumps([{"exit_status": st, "starter_s": t} for st, t in results]), flush=True)
