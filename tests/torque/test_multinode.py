@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import images, torque
+from tests.harness import dockerproxy, images, torque
 from tests.torque.conftest import IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.torque]
@@ -169,6 +169,48 @@ def test_a_killed_sister_task_and_a_sister_without_cbatchd(two_nodes, submit, tq
     assert "ran-outside-a-container" not in out
     assert "cbatch: cannot reach cbatchd" in err and "exit status 125" in err, err
     assert "exit status 265" in err or "exit status 137" in err, err  # the SIGKILLed task
+
+
+def test_a_sister_task_while_docker_is_unreachable(two_nodes, submit, tmp_path):
+    """Docker gone while the job runs (a cut proxy in front of cbatchd's Docker socket:
+    one host has one engine for both nodes, so the job's own container is already up):
+    the sister's task fails with one cbatch: line and 125, never outside a container, and
+    the job goes on as natively when a task fails."""
+    names, daemon = two_nodes
+    os.chmod(tmp_path, 0o755)
+    proxy = dockerproxy.DockerProxy(tmp_path / "docker.sock")
+    daemon.kill()
+    daemon.env["DOCKER_HOST"] = proxy.url
+    daemon.start()
+    flag = None
+    try:
+        job = submit("#!/bin/bash\n" + SISTER +
+                     "while [ ! -e ~/docker-is-cut ]; do sleep 0.2; done\n"
+                     "pbsdsh -h $sister bash -c 'echo ran-outside-a-container'\n"
+                     "echo after-task\n", "-l", "nodes=2:ppn=1")
+        daemon.wait_for_event("container_started", job_id=job.job_id, timeout=60)
+        proxy.cut()
+        flag = Path(job.user.pw_dir) / "docker-is-cut"
+        flag.touch()
+        failed = daemon.wait_for_event("job_failed", job_id=job.job_id, timeout=60)
+        assert failed["exit_status"] == 125 and failed["error"] == "EngineUnavailable"
+        torque.wait_for(lambda: "after-task" in (job.output_now("o") or ""), 60,
+                        "the job to go on without the sister's task")
+        proxy.restore()
+        assert job.exit_status() == 0  # pbsdsh reports the failed task and exits 0, natively too
+        out, err = job.output("o"), job.output("e")
+        assert "ran-outside-a-container" not in out
+        lines = [line for line in err.splitlines() if line.startswith("cbatch:")]
+        assert len(lines) == 1 and "not reachable" in lines[0], err
+        assert "exit status 125" in err, err
+    finally:
+        proxy.restore()
+        if flag is not None:
+            flag.unlink(missing_ok=True)
+        daemon.kill()
+        daemon.env.pop("DOCKER_HOST", None)
+        daemon.start()
+        proxy.close()
 
 
 def test_cpu_of_both_nodes_adds_up_as_natively(two_nodes, mom, submit):
