@@ -315,9 +315,26 @@ def through_torque(b: Bench, rounds: int, jobs: int) -> None:
                "cbatch ($job_starter cbatch-starter)": results["cbatch"]["latency_s"]}
     table("7. through Torque: each job's qsub to completion (Torque's state C), all batches",
           latency, "s", base)
+    for mode in ("native", "cbatch"):
+        print(f"   pbs_mom's steps, {mode} (median ms after the job's start): "
+              + torque_bench.describe_steps(torque_bench.mom_steps(results[mode]["jobs"])))
     n, c = (statistics.median(v) for v in makespan.values())
     summarize(f"{jobs} jobs, qsub to completion / native (Torque)",
               f"{c / n:.2f}x ({c:.2f} / {n:.2f} s)", "<= 1.1x")
+    # Docker's own floor: the same number of containers, as many at once as Torque runs
+    # jobs, with the SDK alone (create/start/wait/remove), no Torque and no cbatch
+    slots = torque_bench.slots()
+    floors = []
+    for _ in range(max(1, rounds // 2)):
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(slots) as pool:
+            list(pool.map(lambda _: b.sdk_true(), range(jobs)))
+        floors.append(time.monotonic() - start)
+    floor = statistics.median(floors)
+    print(f"   Docker alone: {jobs} containers, {slots} at a time (SDK create/start/wait/"
+          f"remove): {floor:.2f} s, {floor / n:.2f}x the native makespan")
+    summarize(f"  Docker alone, {jobs} containers {slots} at a time / native (Torque)",
+              f"{floor / n:.2f}x ({floor:.2f} s)")
 
 
 def _spawn(argv: list[str]) -> tuple[float, int, int]:

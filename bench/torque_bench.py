@@ -8,8 +8,10 @@ the start is put back at the end. Nothing else differs between the two modes.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
+import statistics
 import shutil
 import signal
 import socket
@@ -90,17 +92,18 @@ def run(image: str, rounds: int, jobs: int) -> dict[str, dict[str, list[float]]]
     work = Path(tempfile.mkdtemp(prefix="cbatch-torque-bench-", dir=user.pw_dir))
     os.chown(work, user.pw_uid, user.pw_gid)
     results: dict[str, dict[str, list[float]]] = {
-        m: {"makespan_s": [], "latency_s": []} for m in ("native", "cbatch")}
+        m: {"makespan_s": [], "latency_s": [], "jobs": []} for m in ("native", "cbatch")}
     try:
         node.start()
         try:
             for r in range(rounds):
                 for starter in ((False, True) if r % 2 == 0 else (True, False)):
                     moms.use(starter)
-                    makespan, latencies = _batch(user, work, jobs)
+                    makespan, latencies, ids = _batch(user, work, jobs)
                     mode = results["cbatch" if starter else "native"]
                     mode["makespan_s"].append(makespan)
                     mode["latency_s"].extend(latencies)
+                    mode["jobs"].extend(ids)
         finally:
             moms.restore()
     finally:
@@ -109,7 +112,7 @@ def run(image: str, rounds: int, jobs: int) -> dict[str, dict[str, list[float]]]
     return results
 
 
-def _batch(user, work: Path, jobs: int) -> tuple[float, list[float]]:
+def _batch(user, work: Path, jobs: int) -> tuple[float, list[float], list[str]]:
     """Submit `jobs` trivial jobs back to back; (first qsub to last completion, each job's
     qsub to completion), completion being Torque's state C (obit done, output delivered)."""
     submitted: dict[str, float] = {}
@@ -135,7 +138,49 @@ def _batch(user, work: Path, jobs: int) -> tuple[float, list[float]]:
                            f"{said.read_text().strip() if said else 'nothing'})")
     for path in work.iterdir():
         path.unlink()
-    return max(done.values()) - start, [done[j] - submitted[j] for j in submitted]
+    return max(done.values()) - start, [done[j] - submitted[j] for j in submitted], list(submitted)
+
+
+# pbs_mom's log lines (millisecond stamps) that mark a job's steps on the node
+_STEPS = {"adopted": re.compile(r";Task adopted"),
+          "starter ended": re.compile(r";scan_for_terminated: job \S+ task 1 terminated"),
+          "adopted session gone": re.compile(r"found exited session \d+ for task \d+ in job (\S+)"),
+          "obit sent": re.compile(r";obit sent to server")}
+_STARTED = re.compile(r"job (\S+) started, pid")
+
+
+def mom_steps(job_ids: list[str]) -> dict[str, list[float]]:
+    """From pbs_mom's own log: each step's milliseconds after the job's start, for the
+    jobs given (what the mom waits for between the job's start and its obit)."""
+    wanted, seen = set(job_ids), {}
+    for log in sorted((torque.PBS_HOME / "mom_logs").glob("*")):
+        for line in log.read_text(errors="replace").splitlines():
+            fields = line.split(";")
+            if len(fields) < 6:
+                continue
+            started = _STARTED.search(line)
+            job = started.group(1) if started else fields[4]
+            step = "started" if started else None
+            for name, pattern in _STEPS.items():
+                found = pattern.search(line)
+                if found and not step:
+                    step, job = name, found.group(1) if found.groups() else job
+            if step and job in wanted:
+                try:
+                    when = datetime.datetime.strptime(fields[0], "%m/%d/%Y %H:%M:%S.%f")
+                except ValueError:
+                    continue
+                seen.setdefault(job, {}).setdefault(step, when.timestamp())
+    rows: dict[str, list[float]] = {}
+    for steps in seen.values():
+        for name in _STEPS:
+            if "started" in steps and name in steps:
+                rows.setdefault(name, []).append((steps[name] - steps["started"]) * 1000)
+    return rows
+
+
+def describe_steps(rows: dict[str, list[float]]) -> str:
+    return ", ".join(f"{name} {statistics.median(v):.0f}" for name, v in rows.items())
 
 
 def _job_states() -> dict[str, str]:
@@ -188,6 +233,13 @@ def _socket_served() -> bool:
             return True
         except OSError:
             return False
+
+
+def slots() -> int:
+    """How many jobs the nodes run at once (the sum of their np)."""
+    out = subprocess.run([str(torque.BIN / "pbsnodes"), "-a"], capture_output=True, text=True,
+                         timeout=30).stdout
+    return sum(int(n) for n in re.findall(r"^\s+np = (\d+)", out, re.M)) or 1
 
 
 def nodes() -> str:
