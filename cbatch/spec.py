@@ -29,12 +29,15 @@ def command(job: Job, stdout: Output, stderr: Output) -> list[str]:
     """The container's command: a short prologue, then the job's shell as pbs_mom runs it.
 
     The prologue restores what pbs_mom gives a native job and Docker does not: the umask,
-    SIGPIPE ignored (inherited from pbs_mom), the output files, and for the job's top task
+    SIGPIPE ignored (inherited from Torque's pbs_mom; OpenPBS's leaves it at its default),
+    no HOSTNAME in the environment, the output files, and for the job's top task
     a login shell with argv[0] "-bash", as pbs_mom runs it without a job starter, reading
     what pbs_mom wrote on stdin. That line travels inside the command (a here-document,
     a pipe in bash 5.1 and later, as pbs_mom's is), so no daemon has to be alive to feed it.
     """
-    steps = [f"umask {job.umask:04o}", "trap '' PIPE"]
+    steps = [f"umask {job.umask:04o}"] + (["trap '' PIPE"] if job.sigpipe_ignored else [])
+    if "HOSTNAME" not in job.env:  # Docker exports it; a job's shell only sets it
+        steps.append("unset HOSTNAME")
     if "BASH_ENV" in job.env:  # only the job's shells may read it, not this prologue
         steps.append(f"export BASH_ENV={shlex.quote(job.env['BASH_ENV'])}")
     redirects = _redirect(1, stdout) + _redirect(2, stderr)

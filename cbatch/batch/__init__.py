@@ -73,6 +73,8 @@ class Job:
     slots: int = 1  # processors the job was given on this node (the mom's record)
     record_problem: str | None = None  # why the mom's record gave no queue or slots
     direct: bool = False  # argv is the job's own command (OpenPBS `qsub -- cmd`), no shell
+    sigpipe_ignored: bool = True  # Torque's pbs_mom starts jobs with SIGPIPE ignored;
+    # OpenPBS's with its default action
 
     @property
     def container_name(self) -> str:

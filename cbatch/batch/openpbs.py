@@ -71,7 +71,8 @@ def verify(cfg: Config, peer: peer_.Peer, argv: list[str], stdin: bytes, tty: bo
         home=Path(entry.pw_dir), cwd=facts.cwd, umask=facts.umask, env=facts.env,
         argv=tuple(argv), stdin=stdin, script=script, script_text=text,
         queue=found.queue, rlimits=facts.rlimits, peer=peer, interactive=facts.interactive,
-        slots=found.slots, record_problem=found.problem, direct=direct)
+        slots=found.slots, record_problem=found.problem, direct=direct,
+        sigpipe_ignored=False)
 
 
 def record(cfg: Config, job_id: str) -> Record:

@@ -43,14 +43,22 @@ SC_LINE = " <<'CBATCH_STDIN'\n/var/spool/torque/mom_priv/jobs/12.vm.SC\nCBATCH_S
 
 def test_login_shell_prologue_restores_umask_sigpipe_argv0_and_stdin():
     assert spec.command(make_job(), spec.STREAM, spec.STREAM) == [
-        "/bin/bash", "-c", "umask 0077; trap '' PIPE; exec -a -bash /bin/bash" + SC_LINE]
+        "/bin/bash", "-c", "umask 0077; trap '' PIPE; unset HOSTNAME; exec -a -bash /bin/bash" + SC_LINE]
+
+
+def test_openpbs_jobs_keep_sigpipe_default_and_a_qsub_v_hostname_stays():
+    """OpenPBS's mom leaves SIGPIPE at its default; Docker's HOSTNAME goes unless the job
+    has its own."""
+    job = make_job(sigpipe_ignored=False, env={"HOSTNAME": "mine"})
+    assert spec.command(job, spec.STREAM, spec.STREAM) == [
+        "/bin/bash", "-c", "umask 0077; exec -a -bash /bin/bash" + SC_LINE]
 
 
 def test_an_interactive_job_gets_a_terminal_and_its_login_shell_reads_it():
     s = build(make_job(interactive=True, stdin=b"", script=None, script_text=""))
     assert s.create["tty"] is True and s.create["stdin_open"] is True
     assert s.create["entrypoint"] == [
-        "/bin/bash", "-c", "umask 0077; trap '' PIPE; exec -a -bash /bin/bash"]
+        "/bin/bash", "-c", "umask 0077; trap '' PIPE; unset HOSTNAME; exec -a -bash /bin/bash"]
     batch = build()
     assert batch.create["tty"] is False and batch.create["stdin_open"] is False
 
@@ -76,8 +84,8 @@ def test_output_files_are_appended_to_by_the_job_itself():
 
 
 @pytest.mark.parametrize("shell,expected", [
-    ("/bin/sh", ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec /bin/sh -l" + SC_LINE]),
-    ("/bin/tcsh", ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec /bin/tcsh -l" + SC_LINE]),
+    ("/bin/sh", ["/bin/sh", "-c", "umask 0077; trap '' PIPE; unset HOSTNAME; exec /bin/sh -l" + SC_LINE]),
+    ("/bin/tcsh", ["/bin/sh", "-c", "umask 0077; trap '' PIPE; unset HOSTNAME; exec /bin/tcsh -l" + SC_LINE]),
 ])
 def test_shells_without_exec_a_get_a_login_flag(shell, expected):
     assert spec.command(make_job(argv=(shell,)), spec.STREAM, spec.STREAM) == expected
@@ -85,7 +93,7 @@ def test_shells_without_exec_a_get_a_login_flag(shell, expected):
 
 def test_tm_task_runs_its_argv_without_a_shell():
     cmd = spec.command(make_job(task=2, argv=("/bin/sh", "-c", "echo hi")), spec.STREAM, spec.STREAM)
-    assert cmd == ["/bin/sh", "-c", "umask 0077; trap '' PIPE; exec \"$@\" </dev/null", "cbatch",
+    assert cmd == ["/bin/sh", "-c", "umask 0077; trap '' PIPE; unset HOSTNAME; exec \"$@\" </dev/null", "cbatch",
                    "/bin/sh", "-c", "echo hi"]
 
 
@@ -115,7 +123,7 @@ def test_bash_env_reaches_the_jobs_shells_but_not_the_prologue():
     job = make_job(env={"BASH_ENV": "/home/alice/my env.sh", "PBS_JOBID": "12.vm"})
     s = build(job)
     assert "BASH_ENV" not in s.create["environment"]
-    assert s.create["entrypoint"][2] == ("umask 0077; trap '' PIPE; export BASH_ENV='/home/alice/"
+    assert s.create["entrypoint"][2] == ("umask 0077; trap '' PIPE; unset HOSTNAME; export BASH_ENV='/home/alice/"
                                          "my env.sh'; exec -a -bash /bin/bash" + SC_LINE)
 
 
