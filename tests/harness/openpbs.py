@@ -20,7 +20,8 @@ PBS_HOME = Path("/var/spool/pbs")
 REPO = Path(__file__).resolve().parents[2]
 HOOK_FILE = REPO / "hooks" / "openpbs" / "cbatch_hook.py"
 HOOK = "cbatch"
-CBATCH_BIN = Path("/usr/local/bin")
+CBATCH_BIN = Path("/usr/bin")  # cbatch's programs (the Debian package)
+HOOKS_DIR = PBS_HOME / "mom_priv" / "hooks"  # where the mom keeps the hooks it was sent
 SOCKET = Path("/run/cbatch-openpbs/cbatchd.sock")  # the hook sets CBATCH_SOCKET to it
 ENV = {"PATH": f"{PBS_EXEC}/bin:{PBS_EXEC}/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
        "PBS_CONF_FILE": "/etc/pbs.conf"}
@@ -46,17 +47,41 @@ def qmgr(command: str, check: bool = True) -> subprocess.CompletedProcess:
     return run(f"{PBS_EXEC}/bin/qmgr", "-c", command, check=check)
 
 
+def _mom_has_hook() -> bool:
+    return (HOOKS_DIR / f"{HOOK}.PY").exists() and (HOOKS_DIR / f"{HOOK}.HK").exists()
+
+
 def install_hook(config_file: Path) -> None:
+    """cbatch's hook on, as an admin installs it; returns once the mom has it."""
     qmgr(f"delete hook {HOOK}", check=False)
+    wait_for(lambda: not _mom_has_hook(), 30, "the mom to drop the old hook")
     qmgr(f"create hook {HOOK} event='execjob_launch,execjob_end'")
     qmgr(f"import hook {HOOK} application/x-python default {HOOK_FILE}")
     qmgr(f"import hook {HOOK} application/x-config default {config_file}")
-    time.sleep(3)  # the server sends the hook to the moms
+    wait_for(lambda: _mom_has_hook() and (HOOKS_DIR / f"{HOOK}.CF").exists(), 60,
+             "the server to send the hook to the mom")
+    time.sleep(1)  # the mom reads the files it was sent
 
 
 def remove_hook() -> None:
+    """Native jobs again: returns once the mom has dropped the hook."""
     qmgr(f"delete hook {HOOK}", check=False)
-    time.sleep(3)
+    wait_for(lambda: not _mom_has_hook(), 60, "the mom to drop the hook")
+    time.sleep(1)
+
+
+class Hook:
+    """The node's mode (native jobs, or every job through cbatch), switched only when it
+    changes."""
+
+    def __init__(self, config_file: Path) -> None:
+        self.config_file = config_file
+        self.on: bool | None = None
+
+    def use(self, on: bool) -> None:
+        if self.on != on:
+            install_hook(self.config_file) if on else remove_hook()
+            self.on = on
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -83,10 +108,19 @@ class Job:
             self.status()), timeout, f"job {self.id} to finish")
 
     def output(self, kind: str = "o") -> str:
+        """The delivered .o or .e file."""
         info = self.status()
         path = Path(info["Output_Path" if kind == "o" else "Error_Path"].partition(":")[2])
         wait_for(path.exists, 20, f"{path}")
         return path.read_text()
+
+    def output_now(self, kind: str = "o") -> str:
+        """What a running job has written so far (the mom's spool file), "" if nothing."""
+        spool = PBS_HOME / "spool" / f"{self.id}.{'OU' if kind == 'o' else 'ER'}"
+        try:
+            return spool.read_text()
+        except OSError:
+            return ""
 
 
 def submit(user: str, script: str | None, *args: str, workdir: Path) -> Job:
