@@ -148,7 +148,7 @@ class CbatchNode:
         self.config_path = self.root / "cbatch.yaml"
         self.log_path = self.root / "cbatchd.log"
         self.settings: dict = {
-            "batch": {"system": "openpbs"},
+            "batch": {"system": "openpbs", "clients": [str(PBS_EXEC / "bin" / "pbsdsh")]},
             "openpbs": {"home": str(PBS_HOME)},
             "socket": {"path": str(SOCKET)},
             "images": {"default": default,

@@ -24,8 +24,9 @@ def in_container(node, job: openpbs.Job) -> None:
 def started(node, job: openpbs.Job, contained: bool) -> None:
     """Wait until the job runs (in its container, when contained) and has set its traps."""
     openpbs.wait_for(lambda: job.status().get("job_state") == "R", 60, "the job to run")
-    if contained:
-        in_container(node, job)
+    if contained:  # the mom signals the adopted container as it signals a native job
+        openpbs.wait_for(lambda: node.events("job_adopted", job_id=job.id), 20,
+                         f"job {job.id}'s container to be adopted")
     openpbs.wait_for(lambda: job.output_now("o").startswith("ready"), 30,
                      "the job to be ready")
 
