@@ -78,10 +78,20 @@ def _ppid(pid: int) -> int:
     return int(raw[raw.rindex(")") + 2:].split()[1])
 
 
-def start_daemon(program: Path, *args: str) -> None:
-    """Start a Torque daemon as an init system would: default dispositions, empty mask."""
-    subprocess.run(["/usr/bin/python3", "-c", _START, str(program), *args], cwd="/",
-                   check=True, stdin=subprocess.DEVNULL)
+def start_daemon(program: Path, *args: str, attempts: int = 5) -> None:
+    """Start a Torque daemon as an init system would: default dispositions, empty mask.
+
+    Retried for a while: a pbs_mom just stopped can hold its ports a moment longer, and
+    the new one then exits at once.
+    """
+    for attempt in range(attempts):
+        done = subprocess.run(["/usr/bin/python3", "-c", _START, str(program), *args],
+                              cwd="/", stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        time.sleep(2)
+    raise RuntimeError(f"{program} {' '.join(args)} would not start (exit {done.returncode}): "
+                       f"{done.stderr.strip()}")
 
 
 def qmgr(command: str) -> str:
@@ -139,7 +149,7 @@ def restart_mom(config_text: str) -> None:
         for pid in _pids(SBIN / "pbs_mom"):
             os.kill(pid, signal.SIGKILL)
     MOM_CONFIG.write_text(config_text)
-    for argv in moms.values() or [[str(SBIN / "pbs_mom")]]:
+    for argv in {tuple(a) for a in moms.values()} or [(str(SBIN / "pbs_mom"),)]:
         start_daemon(SBIN / "pbs_mom", *argv[1:])
     wait_for(lambda: all(state == "free" for state in node_states().values()), 90,
              "the nodes to be free", step=0.5)
