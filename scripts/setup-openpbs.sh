@@ -10,6 +10,11 @@ apt_conf=$(mktemp)
 trap 'rm -f "$apt_conf"' EXIT
 echo 'DPkg::Lock::Timeout "600";' > "$apt_conf"
 export APT_CONFIG=$apt_conf
+# The build's smoke job must run natively: a cbatch hook an interrupted test run left
+# enabled would send it to a cbatchd that is not there.
+if [ -x /opt/pbs/bin/qmgr ] && /opt/pbs/bin/qmgr -c "list hook cbatch" >/dev/null 2>&1; then
+    /opt/pbs/bin/qmgr -c "delete hook cbatch" || true
+fi
 for dir in "${CBATCH_OPENPBS_KIT:-}" "$here/../shared/openpbs" /work/shared/openpbs; do
     if [ -n "$dir" ] && [ -x "$dir/build-openpbs.sh" ]; then
         bash "$dir/build-openpbs.sh"
