@@ -110,7 +110,7 @@ def test_periodic_sweep_removes_orphans_while_the_daemon_runs(image_ids, site_di
             "cbatch": "1", "cbatch.job_id": "orphan.vm", "cbatch.user": USER,
             "cbatch.starter_pid": "999999999", "cbatch.starter_start": "5"})["Id"]
         api.start(orphan)
-        record = d.wait_for_event("orphan_removed", job_id="orphan.vm", timeout=20)
+        record = d.wait_for_event("orphan_removed", job_id="orphan.vm", timeout=60)  # a loaded Docker lists slowly
         assert record["container_id"] == orphan[:12]
         assert not api.containers(all=True, filters={"label": "cbatch.job_id=orphan.vm"})
     finally:
