@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import socket
 import struct
 import subprocess
@@ -40,6 +41,7 @@ MAX_REQUEST = 4096
 TIMEOUT_S = 10.0
 MAX_RELAYS = 32  # at once; more wait for a slot
 SOCKET_FAULT = 15096  # Torque's PBSE_SOCKET_FAULT: "Unable to get connection to socket"
+_CONTAINER_ID = re.compile(rb"[0-9a-f]{64}")
 
 # Run as the peer's uid: connect to trqauthd, hand the connection back on fd 0.
 _CONNECT = ("import socket,sys\n"
@@ -104,6 +106,16 @@ def namespace_pid(host_pid: int) -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def container_of(host_pid: int) -> str | None:
+    """The short id of the container the process runs in (from its cgroups), if any."""
+    try:
+        with open(f"/proc/{host_pid}/cgroup", "rb") as f:
+            found = _CONTAINER_ID.search(f.read())
+    except OSError:
+        return None
+    return found.group().decode()[:12] if found else None
 
 
 def rewrite(kind: int, fields: list[bytes | int], peer_pid: int, peer_uid: int,
@@ -218,7 +230,8 @@ class Relay:
             upstream, relay_pid = connect_as(peer_uid, peer_gid, self.trqauthd)
         except (OSError, subprocess.SubprocessError) as exc:
             self.log.error("trqauthd_unreachable", uid=peer_uid, peer_pid=peer_pid,
-                           socket=str(self.trqauthd), error=str(exc))
+                           container_id=container_of(peer_pid), socket=str(self.trqauthd),
+                           error=str(exc))
             text = b"cbatch: trqauthd is not reachable on this node; tell your admin"
             conn.sendall(f"{SOCKET_FAULT}|{len(text)}|".encode() + text + b"|")
             return
@@ -230,7 +243,7 @@ class Relay:
                 request = encode(kind, fields) + buf[used:]
                 if kind == AUTH_CONNECTION:
                     self.log.info("trqauth_relayed", uid=peer_uid, peer_pid=peer_pid,
-                                  vouched=vouched)
+                                  container_id=container_of(peer_pid), vouched=vouched)
             upstream.sendall(request)
             while chunk := upstream.recv(65536):
                 conn.sendall(chunk)

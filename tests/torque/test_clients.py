@@ -45,6 +45,8 @@ def test_a_job_sees_itself_with_qstat_and_submits_its_successor(with_clients, su
     relayed = [r for r in with_clients.events("trqauth_relayed")
                if r["uid"] == job.user.pw_uid]
     assert relayed and all(r["vouched"] for r in relayed)
+    started = with_clients.wait_for_event("container_started", job_id=job.job_id)
+    assert {r["container_id"] for r in relayed} == {started["container_id"]}
 
 
 def test_qsub_in_a_job_survives_a_daemon_restart(with_clients, submit):
