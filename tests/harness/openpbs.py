@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import pwd
 import os
+import pty
+import select
 import re
 import shutil
 import signal
@@ -47,40 +49,62 @@ def qmgr(command: str, check: bool = True) -> subprocess.CompletedProcess:
     return run(f"{PBS_EXEC}/bin/qmgr", "-c", command, check=check)
 
 
-def _mom_has_hook() -> bool:
-    return (HOOKS_DIR / f"{HOOK}.PY").exists() and (HOOKS_DIR / f"{HOOK}.HK").exists()
+def _mom_hook(enabled: bool | None) -> bool:
+    """Whether the mom holds cbatch's hook in that state (None: does not hold it)."""
+    try:
+        control = (HOOKS_DIR / f"{HOOK}.HK").read_text().split()
+    except OSError:
+        return enabled is None
+    off = "enabled=false" in control  # an enabled hook's control file may not say so
+    return enabled is not None and off != enabled and (HOOKS_DIR / f"{HOOK}.PY").exists()
 
 
 def install_hook(config_file: Path) -> None:
     """cbatch's hook on, as an admin installs it; returns once the mom has it."""
-    qmgr(f"delete hook {HOOK}", check=False)
-    wait_for(lambda: not _mom_has_hook(), 30, "the mom to drop the old hook")
+    remove_hook()
     qmgr(f"create hook {HOOK} event='execjob_launch,execjob_end'")
     qmgr(f"import hook {HOOK} application/x-python default {HOOK_FILE}")
     qmgr(f"import hook {HOOK} application/x-config default {config_file}")
-    wait_for(lambda: _mom_has_hook() and (HOOKS_DIR / f"{HOOK}.CF").exists(), 60,
+    wait_for(lambda: _mom_hook(True) and (HOOKS_DIR / f"{HOOK}.CF").exists(), 60,
              "the server to send the hook to the mom")
-    time.sleep(1)  # the mom reads the files it was sent
+
+
+def enable_hook(on: bool) -> None:
+    """Switch the installed hook on or off (qmgr's enabled); returns once the mom has it.
+
+    The mom takes a changed hook at once, while it may keep a deleted execjob_end hook
+    that a job's end is running (it acknowledges the deletion all the same).
+    """
+    qmgr(f"set hook {HOOK} enabled={str(on).lower()}")
+    wait_for(lambda: _mom_hook(on), 60, f"the mom to have the hook {'on' if on else 'off'}")
 
 
 def remove_hook() -> None:
-    """Native jobs again: returns once the mom has dropped the hook."""
-    qmgr(f"delete hook {HOOK}", check=False)
-    wait_for(lambda: not _mom_has_hook(), 60, "the mom to drop the hook")
-    time.sleep(1)
+    """No cbatch hook on the server or the mom (one the mom kept is sent and deleted
+    again)."""
+    if qmgr(f"list hook {HOOK}", check=False).returncode == 0:
+        enable_hook(False)
+        qmgr(f"delete hook {HOOK}")
+    elif not _mom_hook(None):
+        qmgr(f"create hook {HOOK} event=execjob_launch")
+        qmgr(f"delete hook {HOOK}")
+    wait_for(lambda: _mom_hook(None), 60, "the mom to drop the hook")
 
 
 class Hook:
-    """The node's mode (native jobs, or every job through cbatch), switched only when it
-    changes."""
+    """The node's mode (native jobs, or every job through cbatch): the hook installed
+    once, then switched on and off only when the mode changes."""
 
     def __init__(self, config_file: Path) -> None:
         self.config_file = config_file
         self.on: bool | None = None
 
     def use(self, on: bool) -> None:
+        if self.on is None:
+            install_hook(self.config_file)
+            self.on = True
         if self.on != on:
-            install_hook(self.config_file) if on else remove_hook()
+            enable_hook(on)
             self.on = on
 
 
@@ -188,3 +212,50 @@ class CbatchNode:
     def cleanup(self) -> None:
         self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Terminal:
+    """`qsub -I` on a pseudo-terminal, as a user at a login runs it."""
+
+    def __init__(self, user: str, *args: str) -> None:
+        entry = pwd.getpwnam(user)
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.chdir(entry.pw_dir)
+            os.execve("/usr/sbin/runuser", ["runuser", "-u", user, "--",
+                                             str(PBS_EXEC / "bin" / "qsub"), "-I", *args],
+                      {**ENV, "HOME": entry.pw_dir, "TERM": "xterm"})
+        self.seen = b""
+
+    def expect(self, pattern: bytes, timeout: float = 60) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while not (found := re.search(pattern, self.seen)):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise AssertionError(f"no {pattern!r} on the terminal; it shows {self.seen!r}")
+            try:
+                self.seen += os.read(self.fd, 4096)
+            except OSError:  # EIO: qsub ended
+                raise AssertionError(f"qsub ended; the terminal showed {self.seen!r}") from None
+        return found
+
+    def type(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def close(self, timeout: float = 60) -> int:
+        """qsub's exit status, once it has ended."""
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    return os.waitstatus_to_exitcode(status)
+                try:
+                    if select.select([self.fd], [], [], 0.2)[0]:
+                        self.seen += os.read(self.fd, 4096)
+                except OSError:
+                    time.sleep(0.2)
+            os.kill(self.pid, signal.SIGKILL)
+            raise AssertionError(f"qsub -I did not end; the terminal showed {self.seen!r}")
+        finally:
+            os.close(self.fd)

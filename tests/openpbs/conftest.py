@@ -63,6 +63,7 @@ def node(pbs_image, pbs_user):
     n = openpbs.CbatchNode({IMAGE: pbs_image}, IMAGE)
     n.start()
     n.hook = openpbs.Hook(n.hook_config)
+    n.user = USER
     yield n
     openpbs.remove_hook()
     n.cleanup()
