@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,11 @@ def test_the_program_gets_no_privilege_back():
                             capture_output=True, text=True, check=True).stdout
     assert status.splitlines()[0] == "(65534, 65534, 65534) (65534, 65534, 65534) [100]"
     assert "CapEff:\t0000000000000000" in status and "CapPrm:\t0000000000000000" in status
+
+
+@pytest.mark.parametrize("tool, option", [
+    ("/usr/local/bin/pbs_track", "-a"),  # Torque: pbs_track -j <job> -a <pid>
+    ("/opt/pbs/bin/pbs_attach", "-p"),  # OpenPBS: pbs_attach -j <job> -p <pid>
+])
+def test_each_batch_systems_adoption_tool_gets_the_pid_its_own_way(tool, option):
+    assert accounting._pid_option(Path(tool)) == option
