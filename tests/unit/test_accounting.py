@@ -47,3 +47,29 @@ def test_the_program_gets_no_privilege_back():
 ])
 def test_each_batch_systems_adoption_tool_gets_the_pid_its_own_way(tool, option):
     assert accounting._pid_option(Path(tool)) == option
+
+
+class Inspecting:
+    """An engine that counts inspects and says what Docker would."""
+
+    def __init__(self, state):
+        self.state, self.inspects = state, 0
+
+    def inspect(self, container_id):
+        self.inspects += 1
+        return {"State": self.state}
+
+
+def test_oom_while_held_is_read_from_the_cgroup_without_asking_docker(mocker):
+    mocker.patch.object(accounting, "container_init", return_value=None)  # still the init
+    mocker.patch.object(accounting, "oom_kills", return_value=1)
+    engine = Inspecting({"Running": True, "Pid": 4321, "OOMKilled": False})
+    assert accounting.oom_killed(engine, "c1", log=None, init_pid=4321, uid=1001)
+    assert engine.inspects == 0
+
+
+def test_oom_of_an_ended_container_is_dockers_word(mocker):
+    mocker.patch.object(accounting, "container_init", return_value="pid 4321 is gone")
+    engine = Inspecting({"Running": False, "Pid": 0, "OOMKilled": True})
+    assert accounting.oom_killed(engine, "c1", log=None, init_pid=4321, uid=1001)
+    assert engine.inspects == 1
