@@ -76,23 +76,45 @@ class Relay:
 def signal_all(init_pid: int, signum: int, proc: Path = PROC) -> int:
     """Send signum to every process in init_pid's pid namespace except init; the count.
 
+    The processes are found first and then signalled in a tight loop, parents before
+    children: a shell signalled after its child (host pids wrap, so their order says
+    nothing) could outlive it long enough to report the child's death, or to end with
+    128+N rather than dying of the signal as the job natively does.
+
     Raises OSError when init_pid is gone or its namespace cannot be read.
     """
     namespace = os.readlink(proc / str(init_pid) / "ns" / "pid")
     if namespace == os.readlink(proc / "self" / "ns" / "pid"):
         raise PermissionError("refusing to signal the host's own pid namespace")
-    sent = 0
+    parents: dict[int, int] = {}
     for entry in os.scandir(proc):
         if not entry.name.isdigit() or int(entry.name) == init_pid:
             continue
         try:
             if os.readlink(proc / entry.name / "ns" / "pid") != namespace:
                 continue
-            os.kill(int(entry.name), signum)
+            raw = (proc / entry.name / "stat").read_text()
+            parents[int(entry.name)] = int(raw[raw.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    sent = 0
+    for pid in sorted(parents, key=lambda pid: (_depth(pid, parents), pid)):
+        try:
+            os.kill(pid, signum)
             sent += 1
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+        except (ProcessLookupError, PermissionError):
             continue
     return sent
+
+
+def _depth(pid: int, parents: dict[int, int]) -> int:
+    """How many of the namespace's processes lie between pid and its init."""
+    depth, seen = 0, {pid}
+    while parents.get(pid) in parents and parents[pid] not in seen:
+        pid = parents[pid]
+        seen.add(pid)
+        depth += 1
+    return depth
 
 
 def state(pid: int, proc: Path = PROC) -> str | None:

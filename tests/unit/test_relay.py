@@ -79,6 +79,23 @@ def test_signal_all_skips_init_and_refuses_the_hosts_own_namespace(tmp_path):
         relay.signal_all(7, signal.SIGTERM, proc)
 
 
+def test_signal_all_signals_parents_before_children_whatever_their_pids(tmp_path, mocker):
+    """Host pids wrap: the job's shell may have a higher pid than its children."""
+    proc = tmp_path / "proc"
+    (proc / "self" / "ns").mkdir(parents=True)
+    (proc / "self" / "ns" / "pid").symlink_to("pid:[1]")
+    tree = {900: (1, "pid:[2]"), 950: (900, "pid:[2]"), 30: (950, "pid:[2]"),
+            20: (30, "pid:[2]"), 40: (950, "pid:[2]"), 60: (1, "pid:[1]")}
+    for pid, (ppid, ns) in tree.items():
+        (proc / str(pid) / "ns").mkdir(parents=True)
+        (proc / str(pid) / "ns" / "pid").symlink_to(ns)
+        (proc / str(pid) / "stat").write_text(f"{pid} (bash) S {ppid} {pid} {pid} 0 -1\n")
+    kill = mocker.patch.object(relay.os, "kill")
+    assert relay.signal_all(900, signal.SIGUSR1, proc) == 4
+    assert [c.args for c in kill.call_args_list] == [
+        (950, signal.SIGUSR1), (30, signal.SIGUSR1), (40, signal.SIGUSR1), (20, signal.SIGUSR1)]
+
+
 def test_state_reads_a_stopped_process_and_none_when_gone(tmp_path):
     (tmp_path / "5").mkdir()
     (tmp_path / "5" / "stat").write_text("5 (a (b) c) T 1 5 5 0 -1\n")
