@@ -147,7 +147,10 @@ def binds(cfg) -> tuple[Bind, ...]:
     """
     if not cfg.clients:
         return ()
+    # the relay's folder, once the daemon has made it (a relay that could not start is
+    # logged; its jobs still run, only their qsub and qstat cannot log in)
     relay = cfg.trqauth_dir if cfg.batch_system == "torque" else None
+    relay = relay if relay is not None and relay.is_dir() else None
     key = (cfg.clients, cfg.clients_dir, cfg.pbs_home, relay)
     if key not in _bundles:
         try:

@@ -47,6 +47,7 @@ class Daemon:
         self.metrics_failing = False  # the textfile's last write failed (logged once)
         self.images = NodeImages()  # what Docker holds
         self._engine: Engine | None = None
+        self.relay: trqauth.Relay | None = None  # trqauthd's, for clients in containers
 
     def engine(self) -> Engine:
         """The daemon's one Docker client, shared by every session, sweep and admin
@@ -92,7 +93,7 @@ class Daemon:
         self.sweep()
         listener = server.bind(self.cfg.socket_path, self.cfg.socket_mode, self.cfg.socket_group)
         answering = self._answer_sisters()
-        relaying = self._relay_trqauthd()
+        self.relay = self._relay_trqauthd()
         srv = server.Server(listener, self.handle, lambda: (
             self.cfg.max_connections_per_user, self.cfg.max_connections), self._refuse_crowded)
         wake_r, wake_w = socket.socketpair()
@@ -152,8 +153,8 @@ class Daemon:
             signal.set_wakeup_fd(-1)
             if answering is not None:
                 answering.close()
-            if relaying is not None:
-                relaying.close()
+            if self.relay is not None:
+                self.relay.close()
 
     def _running(self) -> int:
         with self.lock:
@@ -262,6 +263,8 @@ class Daemon:
             self.log.warning("reload_socket_unchanged",
                              reason="socket settings take effect at the next restart")
         self.cfg = new
+        if self.relay is None:  # clients named for the first time
+            self.relay = self._relay_trqauthd()
         self.log.info("config_reloaded", images=[i.alias for i in new.images],
                       default=new.default_image)
 
