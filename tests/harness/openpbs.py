@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import pwd
 import os
-import pty
-import select
 import re
 import shutil
 import signal
@@ -16,6 +14,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.harness.qsub_terminal import QsubTerminal
 
 PBS_EXEC = Path("/opt/pbs")
 PBS_HOME = Path("/var/spool/pbs")
@@ -214,48 +214,8 @@ class CbatchNode:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class Terminal:
+def Terminal(user: str, *args: str) -> QsubTerminal:
     """`qsub -I` on a pseudo-terminal, as a user at a login runs it."""
+    return QsubTerminal(PBS_EXEC / "bin" / "qsub", user, ENV, *args)
 
-    def __init__(self, user: str, *args: str) -> None:
-        entry = pwd.getpwnam(user)
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:
-            os.chdir(entry.pw_dir)
-            os.execve("/usr/sbin/runuser", ["runuser", "-u", user, "--",
-                                             str(PBS_EXEC / "bin" / "qsub"), "-I", *args],
-                      {**ENV, "HOME": entry.pw_dir, "TERM": "xterm"})
-        self.seen = b""
 
-    def expect(self, pattern: bytes, timeout: float = 60) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while not (found := re.search(pattern, self.seen)):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
-                raise AssertionError(f"no {pattern!r} on the terminal; it shows {self.seen!r}")
-            try:
-                self.seen += os.read(self.fd, 4096)
-            except OSError:  # EIO: qsub ended
-                raise AssertionError(f"qsub ended; the terminal showed {self.seen!r}") from None
-        return found
-
-    def type(self, text: str) -> None:
-        os.write(self.fd, text.encode())
-
-    def close(self, timeout: float = 60) -> int:
-        """qsub's exit status, once it has ended."""
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-                if pid:
-                    return os.waitstatus_to_exitcode(status)
-                try:
-                    if select.select([self.fd], [], [], 0.2)[0]:
-                        self.seen += os.read(self.fd, 4096)
-                except OSError:
-                    time.sleep(0.2)
-            os.kill(self.pid, signal.SIGKILL)
-            raise AssertionError(f"qsub -I did not end; the terminal showed {self.seen!r}")
-        finally:
-            os.close(self.fd)
