@@ -87,24 +87,34 @@ def signal_all(init_pid: int, signum: int, proc: Path = PROC) -> int:
     if namespace == os.readlink(proc / "self" / "ns" / "pid"):
         raise PermissionError("refusing to signal the host's own pid namespace")
     parents: dict[int, int] = {}
-    for entry in os.scandir(proc):
-        if not entry.name.isdigit() or int(entry.name) == init_pid:
-            continue
-        try:
-            if os.readlink(proc / entry.name / "ns" / "pid") != namespace:
+    pinned: dict[int, int] = {}  # pid -> pidfd: a pid recycled meanwhile is not signalled
+    try:
+        for entry in os.scandir(proc):
+            if not entry.name.isdigit() or int(entry.name) == init_pid:
                 continue
-            raw = (proc / entry.name / "stat").read_text()
-            parents[int(entry.name)] = int(raw[raw.rindex(")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    sent = 0
-    for pid in sorted(parents, key=lambda pid: (_depth(pid, parents), pid)):
-        try:
-            os.kill(pid, signum)
-            sent += 1
-        except (ProcessLookupError, PermissionError):
-            continue
-    return sent
+            pid = int(entry.name)
+            try:
+                if os.readlink(proc / entry.name / "ns" / "pid") != namespace:
+                    continue
+                pinned[pid] = os.pidfd_open(pid)
+                # read again once pinned: the pidfd's process is the one checked
+                if os.readlink(proc / entry.name / "ns" / "pid") != namespace:
+                    continue
+                raw = (proc / entry.name / "stat").read_text()
+                parents[pid] = int(raw[raw.rindex(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        sent = 0
+        for pid in sorted(parents, key=lambda pid: (_depth(pid, parents), pid)):
+            try:
+                signal.pidfd_send_signal(pinned[pid], signum)
+                sent += 1
+            except (ProcessLookupError, PermissionError):
+                continue
+        return sent
+    finally:
+        for fd in pinned.values():
+            os.close(fd)
 
 
 def _depth(pid: int, parents: dict[int, int]) -> int:

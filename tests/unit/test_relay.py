@@ -90,10 +90,20 @@ def test_signal_all_signals_parents_before_children_whatever_their_pids(tmp_path
         (proc / str(pid) / "ns").mkdir(parents=True)
         (proc / str(pid) / "ns" / "pid").symlink_to(ns)
         (proc / str(pid) / "stat").write_text(f"{pid} (bash) S {ppid} {pid} {pid} 0 -1\n")
-    kill = mocker.patch.object(relay.os, "kill")
+    fds: dict[int, int] = {}  # a real fd per pinned pid, as pidfd_open gives
+
+    def pidfd_open(pid):
+        fds[os.open("/dev/null", os.O_RDONLY)] = pid
+        return next(reversed(fds))
+
+    mocker.patch.object(relay.os, "pidfd_open", side_effect=pidfd_open)
+    send = mocker.patch.object(relay.signal, "pidfd_send_signal")
     assert relay.signal_all(900, signal.SIGUSR1, proc) == 4
-    assert [c.args for c in kill.call_args_list] == [
+    assert [(fds[c.args[0]], c.args[1]) for c in send.call_args_list] == [
         (950, signal.SIGUSR1), (30, signal.SIGUSR1), (40, signal.SIGUSR1), (20, signal.SIGUSR1)]
+    for fd in fds:  # every pidfd closed again
+        with pytest.raises(OSError):
+            os.fstat(fd)
 
 
 def test_state_reads_a_stopped_process_and_none_when_gone(tmp_path):
