@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
 import docker
 import pytest
 
-from cbatch import engine, reconcile
+from cbatch import engine, peer, reconcile
 from tests.harness import images
 
 pytestmark = pytest.mark.docker
@@ -26,9 +27,13 @@ def image():
 
 
 def create(e: engine.Engine, image: str, cmd: list[str], **labels: str) -> str:
+    """A cbatch-labelled container whose "starter" is this test process (alive), so no
+    cbatchd's sweep on the machine takes it for an orphan unless the labels say so."""
     hc = e.api.create_host_config(init=True, log_config={"Type": "none", "Config": {}})
-    return e.api.create_container(image, entrypoint=cmd, host_config=hc,
-                                  labels={"cbatch": "1", "cbatch.job_id": "engine-test", **labels})["Id"]
+    me = {"cbatch.starter_pid": str(os.getpid()),
+          "cbatch.starter_start": str(peer.stat(os.getpid()).start_ticks)}
+    return e.api.create_container(image, entrypoint=cmd, host_config=hc, labels={
+        "cbatch": "1", "cbatch.job_id": "engine-test", **me, **labels})["Id"]
 
 
 def read_all(sock: socket.socket) -> bytes:
