@@ -27,12 +27,14 @@ def job_cgroup():
             path.mkdir(parents=True, exist_ok=True)
             made.append(path)
     yield job_id, CGROUPS / "cpuacct" / "torque" / job_id
-    # Docker makes the job's cgroup in the other controllers too: remove them all
+    # Docker makes the job's cgroup in the other controllers too: remove them all, deepest
+    # first (Docker may be removing the container's own at the same moment)
     for path in CGROUPS.glob(f"*/torque/{job_id}"):
-        for child in sorted(path.glob("**/"), key=lambda p: -len(p.parts)):
-            if child != path:
-                child.rmdir()
-        path.rmdir()
+        for folder, _, _ in os.walk(path, topdown=False):
+            try:
+                os.rmdir(folder)
+            except FileNotFoundError:
+                pass
         try:
             path.parent.rmdir()
         except OSError:
