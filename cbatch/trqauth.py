@@ -25,11 +25,12 @@ import os
 import pwd
 import re
 import socket
-import struct
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+from cbatch import peer, server
 
 TRQAUTHD_SOCKET = Path("/tmp/trqauthd-unix")  # compiled into Torque's clients and trqauthd
 SOCKET_NAME = "trqauthd-unix"
@@ -173,13 +174,7 @@ class Relay:
         self.log = log
         folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.chmod(folder, 0o755)  # containers mount the folder, so a restart's socket shows
-        staging = folder / f".{SOCKET_NAME}.{os.getpid()}"
-        staging.unlink(missing_ok=True)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(staging))
-        os.chmod(staging, 0o666)  # as trqauthd's own: any local user may ask
-        os.replace(staging, self.path)
-        self.sock.listen(64)
+        self.sock = server.bind(self.path, 0o666, None)  # as trqauthd's: any local user asks
         self._slots = threading.BoundedSemaphore(MAX_RELAYS)
         self._thread = threading.Thread(target=self._serve, daemon=True, name="trqauth")
 
@@ -215,7 +210,7 @@ class Relay:
             self._slots.release()
 
     def _answer(self, conn: socket.socket) -> None:
-        peer_pid, peer_uid, peer_gid = _peer(conn)
+        peer_pid, peer_uid, peer_gid = peer.ucred(conn)
         buf = b""
         while True:
             try:
@@ -248,8 +243,3 @@ class Relay:
             while chunk := upstream.recv(65536):
                 conn.sendall(chunk)
 
-
-def _peer(conn: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the connecting process, from the kernel."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)
